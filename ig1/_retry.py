@@ -1,0 +1,87 @@
+"""The one retry policy: which failures are retried, how long to wait, when to give up.
+
+Only transient failures (``IG1Error.retryable``) are retried, with capped
+exponential backoff and jitter (stamina), the server's ``Retry-After`` taking
+precedence, all within a total deadline. ``stamina.set_testing(True, ...)``
+turns the waits off in tests while keeping the attempt counts exact.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import stamina
+
+from ._exceptions import IG1Error
+
+__all__ = ["RetryPolicy", "is_transient", "parse_retry_after"]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for the failures a later attempt can fix (the single retry predicate)."""
+    return isinstance(exc, IG1Error) and exc.retryable
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
+    if parsed is None:
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Client-side retries: quick, bounded, honouring the server's hints."""
+
+    max_retries: int = 2
+    deadline: float = 300.0
+    wait_initial: float = 0.5
+    wait_max: float = 10.0
+    wait_jitter: float = 0.5
+    max_retry_after: float = 60.0
+
+    def backoff(self, exc: Exception) -> bool | float:
+        """stamina's ``on=`` hook: False to give up, True for backoff, or the wait itself."""
+        if not is_transient(exc):
+            return False
+        hint = getattr(exc, "retry_after", None)
+        if hint is None:
+            return True
+        # A hint longer than we are willing to wait: give up now and let the
+        # caller (a task retry, a later run) come back, rather than sleep.
+        return False if hint > self.max_retry_after else float(hint)
+
+    def _stamina_arguments(self) -> dict[str, Any]:
+        return {
+            "on": self.backoff,
+            "attempts": self.max_retries + 1,
+            "timeout": self.deadline,
+            "wait_initial": self.wait_initial,
+            "wait_max": self.wait_max,
+            "wait_jitter": self.wait_jitter,
+        }
+
+    def attempts(self) -> Iterator[stamina.Attempt]:
+        """``for attempt in policy.attempts(): with attempt: ...``"""
+        return iter(stamina.retry_context(**self._stamina_arguments()))
+
+    def async_attempts(self) -> AsyncIterator[stamina.Attempt]:
+        """``async for attempt in policy.async_attempts(): with attempt: ...``"""
+        return stamina.retry_context(**self._stamina_arguments()).__aiter__()

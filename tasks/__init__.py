@@ -1,0 +1,26 @@
+"""Prefect tasks: one IG1 Responses call each, cached by content and retried when transient."""
+
+from .cache import CACHE_KEY_PREFIX, ResponseCache, image_digest, response_cache_key
+from .responses import (
+    PreparedCall,
+    ResponsesCachePolicy,
+    acreate_response,
+    create_response,
+    prepare_call,
+    resolve_model,
+    retry_on_transient_failure,
+)
+
+__all__ = [
+    "CACHE_KEY_PREFIX",
+    "PreparedCall",
+    "ResponseCache",
+    "ResponsesCachePolicy",
+    "acreate_response",
+    "create_response",
+    "image_digest",
+    "prepare_call",
+    "resolve_model",
+    "response_cache_key",
+    "retry_on_transient_failure",
+]

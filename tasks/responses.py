@@ -1,0 +1,179 @@
+"""``create_response``: a Prefect task wrapping exactly one IG1 Responses call.
+
+Cached by content (``tasks.cache``), so the same request is never paid for
+twice, across flow runs and processes sharing result storage; retried by the
+task only for transient failures, after the client's own quick retries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+from prefect.tasks import Task
+from pydantic import BaseModel
+
+from blocks import IG1Credentials, ResponsesModel
+from ig1 import Response, ResponsesRequest, is_transient
+
+from .cache import response_cache_key
+
+__all__ = [
+    "PreparedCall",
+    "ResponsesCachePolicy",
+    "acreate_response",
+    "create_response",
+    "prepare_call",
+    "resolve_model",
+    "retry_on_transient_failure",
+]
+
+_BLOCK_MEMO_SECONDS = 60.0
+_block_memo: dict[str, tuple[float, ResponsesModel | None]] = {}
+_memo_lock = threading.Lock()
+
+
+def resolve_model(model: ResponsesModel | str | None) -> ResponsesModel:
+    """A profile from a block, a saved block's name, or a bare model id."""
+    if isinstance(model, ResponsesModel):
+        return model
+    if model is None:
+        return ResponsesModel()
+    with _memo_lock:
+        seen = _block_memo.get(model)
+    if seen is None or time.monotonic() - seen[0] > _BLOCK_MEMO_SECONDS:
+        try:
+            block: ResponsesModel | None = cast(
+                ResponsesModel, ResponsesModel.load(model, _sync=True)  # type: ignore[call-arg]
+            )
+        except ValueError:  # no such block: the string is a model id
+            block = None
+        seen = (time.monotonic(), block)
+        with _memo_lock:
+            _block_memo[model] = seen
+    return seen[1] or ResponsesModel(model=model)
+
+
+def _resolve_credentials(credentials: IG1Credentials | str | None,
+                         profile: ResponsesModel) -> IG1Credentials:
+    if isinstance(credentials, IG1Credentials):
+        return credentials
+    if isinstance(credentials, str):
+        return cast(IG1Credentials,
+                    IG1Credentials.load(credentials, _sync=True))  # type: ignore[call-arg]
+    return profile.get_credentials()
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """Everything one call needs, resolved once: where to send what."""
+
+    credentials: IG1Credentials
+    request: ResponsesRequest
+    text_format: type[BaseModel] | None
+
+    @property
+    def cache_key(self) -> str:
+        return response_cache_key(self.request, base_url=self.credentials.base_url,
+                                  text_format=self.text_format)
+
+
+def prepare_call(
+    input: Any,
+    *,
+    model: ResponsesModel | str | None = None,
+    credentials: IG1Credentials | str | None = None,
+    instructions: str | None = None,
+    response_format: type[BaseModel] | dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> PreparedCall:
+    """Resolve blocks and validate the request: shared by the task and its cache policy."""
+    profile = resolve_model(model)
+    request = profile.build_request(input, instructions=instructions,
+                                    response_format=response_format, **(params or {}))
+    text_format = response_format if isinstance(response_format, type) else None
+    return PreparedCall(_resolve_credentials(credentials, profile), request, text_format)
+
+
+class ResponsesCachePolicy(CachePolicy):
+    """Prefect cache policy keyed by the request's content (see ``tasks.cache``)."""
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        arguments = dict(inputs)
+        params = arguments.pop("params", None) or {}
+        return prepare_call(params=params, **arguments).cache_key
+
+
+def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
+    """Task-level retry predicate: only what a later attempt can fix (never 4xx, never 402)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": ResponsesCachePolicy(),
+    "persist_result": True,
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": retry_on_transient_failure,
+    "tags": ["ig1"],
+}
+
+
+def _log_answer(call: PreparedCall, response: Response) -> None:
+    usage = response.usage
+    get_run_logger().info(
+        "IG1 %s answered (status %s, %s tokens, request_id %s, cache key %s)",
+        call.request.model, response.status, usage.total_tokens if usage else "?",
+        response.request_id, call.cache_key[-12:],
+    )
+
+
+@task(name="create_response", **_TASK_OPTIONS)
+def create_response(
+    input: Any,
+    *,
+    model: ResponsesModel | str | None = None,
+    credentials: IG1Credentials | str | None = None,
+    instructions: str | None = None,
+    response_format: type[BaseModel] | dict[str, Any] | None = None,
+    **params: Any,
+) -> Response:
+    """One IG1 Responses call. ``params`` are sampling parameters over the profile's defaults.
+
+    Set ``cache_expiration`` / ``refresh_cache`` with ``create_response.with_options(...)``.
+    """
+    call = prepare_call(input, model=model, credentials=credentials, instructions=instructions,
+                        response_format=response_format, params=params)
+    response = call.credentials.get_client().send(call.request, text_format=call.text_format)
+    _log_answer(call, response)
+    return response
+
+
+@task(name="acreate_response", **_TASK_OPTIONS)
+async def acreate_response(
+    input: Any,
+    *,
+    model: ResponsesModel | str | None = None,
+    credentials: IG1Credentials | str | None = None,
+    instructions: str | None = None,
+    response_format: type[BaseModel] | dict[str, Any] | None = None,
+    **params: Any,
+) -> Response:
+    """Async twin of ``create_response`` (same cache, same retries)."""
+    call = prepare_call(input, model=model, credentials=credentials, instructions=instructions,
+                        response_format=response_format, params=params)
+    client = call.credentials.get_async_client()
+    response = await client.send(call.request, text_format=call.text_format)
+    _log_answer(call, response)
+    return response
