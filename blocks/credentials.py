@@ -27,10 +27,11 @@ class IG1Credentials(Block):
     """Credentials for IG1 AI; hands out one pooled client per process.
 
     Example:
+        Load saved credentials and call IG1 with the pooled client:
         ```python
         from blocks import IG1Credentials
-        IG1Credentials(api_key="...").save("ig1")
-        client = IG1Credentials.load("ig1").get_client()
+        credentials = IG1Credentials.load("BLOCK_NAME")
+        print(credentials.usage().remaining)
         ```
     """
 

@@ -27,9 +27,12 @@ class ResponsesModel(Block):
     """A model and its default sampling parameters; per-call arguments override them.
 
     Example:
+        Use a saved profile in a flow:
         ```python
-        ResponsesModel(model="qwen35-397b-a17b-instruct-general", temperature=0.2,
-                       parameters={"top_k": 40}).save("describer")
+        from blocks import ResponsesModel
+        from tasks import create_response
+        model = ResponsesModel.load("BLOCK_NAME")
+        answer = create_response("Write a haiku about DevOps.", model=model)
         ```
     """
 
