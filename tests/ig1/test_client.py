@@ -69,7 +69,7 @@ def test_text_shape(client: IG1Client, emulator: EmulatorServer) -> None:
 
 def test_image_shape(client: IG1Client, emulator: EmulatorServer) -> None:
     emulator.configure(shape="image")
-    name, data = sample_images()[1]
+    _, data = sample_images()[1]
     response = client.send(build_request(model="m", input=image_message(data)))
     assert response.object == "responses" and response.finish_reason == "stop"
     assert "Image 1600x1200 JPEG" in response.output_text
