@@ -1,0 +1,247 @@
+"""Prepare one image for a vision model: refuse what must not be sent, shrink, re-encode the rest.
+
+Pure functions, safe to call from a thread pool (Pillow releases the GIL while
+decoding). Refusals raise ``ImageRejected`` with a short machine ``reason`` so
+the flow can write an error record and go on. The output is deterministic:
+the same bytes and options give the same bytes, whose SHA-256 is a cache key.
+
+    Exception
+     └── ImageRejected  (reason: empty | too_large | not_an_image | corrupt | decompression_bomb)
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageRejected", "PreparedImage", "prepare_image"]
+
+Reason = Literal["empty", "too_large", "not_an_image", "corrupt", "decompression_bomb"]
+
+# Formats a bucket of photos plausibly holds. Restricting ``Image.open`` to them
+# keeps exotic plugins (EPS runs Ghostscript, for one) away from untrusted bytes.
+# (Multi-picture "MPO" files from phones are opened by the JPEG plugin.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+# ``warnings.catch_warnings`` swaps process-global state: serialise our own
+# entries so concurrent calls never restore each other's filters. Only the
+# header parse runs under it, so decoding stays parallel.
+_OPEN_LOCK = threading.Lock()
+
+
+class ImageRejected(Exception):
+    """An object that will not be sent: ``reason`` is a short machine tag, ``message`` says why
+    and the fix."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(reason, message)  # args match __init__, so it pickles across processes
+        self.reason: Reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What is sent (re-encoded, metadata stripped) and what it came from, for records."""
+
+    data: bytes = field(repr=False)  # never dump image bytes into logs
+    mime_type: str
+    width: int
+    height: int
+    source_format: str
+    source_width: int  # as stored, before EXIF orientation
+    source_height: int
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    max_side: int = 1024,
+    max_bytes: int = 50 * 1024 * 1024,
+    max_pixels: int = 100_000_000,
+    jpeg_quality: int = 85,
+) -> PreparedImage:
+    """Validate, decode, orient, shrink to ``max_side`` and re-encode as JPEG (or PNG with alpha).
+
+    Raises ``ImageRejected`` for anything that should become an error record instead.
+    """
+    return _prepare(
+        data,
+        max_side=max_side,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        jpeg_quality=jpeg_quality,
+        use_draft=True,
+    )
+
+
+def _prepare(
+    data: bytes,
+    *,
+    max_side: int = 1024,
+    max_bytes: int = 50 * 1024 * 1024,
+    max_pixels: int = 100_000_000,
+    jpeg_quality: int = 85,
+    use_draft: bool = True,
+) -> PreparedImage:
+    """``prepare_image`` with JPEG draft decoding switchable, so the benchmark can compare."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    _check_size(data, max_bytes)
+    with _open(data, max_pixels) as source:
+        source_format = source.format or "unknown"
+        source_width, source_height = source.size
+        image = _decode(source, max_side, use_draft=use_draft)
+    image = _to_rgb_or_rgba(image)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # never upscales
+    payload, mime_type = _encode(image, jpeg_quality)
+    return PreparedImage(
+        data=payload,
+        mime_type=mime_type,
+        width=image.width,
+        height=image.height,
+        source_format=source_format,
+        source_width=source_width,
+        source_height=source_height,
+    )
+
+
+def _check_size(data: bytes, max_bytes: int) -> None:
+    """Refuse before Pillow sees the bytes: the cheapest checks first."""
+    if len(data) == 0:
+        raise ImageRejected(
+            "empty", "The object is empty (0 bytes), as a failed upload leaves; re-upload it."
+        )
+    if len(data) > max_bytes:
+        raise ImageRejected(
+            "too_large",
+            f"The object is {len(data):,} bytes, over the {max_bytes:,}-byte cap; shrink it "
+            "before upload or raise the cap with prepare_image(..., max_bytes=...).",
+        )
+
+
+def _bomb(pixels: int, size: tuple[int, int], max_pixels: int) -> ImageRejected:
+    return ImageRejected(
+        "decompression_bomb",
+        f"The image declares {size[0]}x{size[1]} = {pixels:,} pixels, over the cap "
+        f"(max_pixels={max_pixels:,}, or Pillow's Image.MAX_IMAGE_PIXELS if lower): refused "
+        "before decoding as a possible decompression bomb; if the image is trusted, downscale "
+        "it first or raise max_pixels.",
+    )
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only, and refuse a bomb by its declared size before any pixel is decoded."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow does not tell us the size here; the message carries only its pixel count.
+        raise ImageRejected(
+            "decompression_bomb",
+            f"Pillow refused the image as a possible decompression bomb "
+            f"({type(exc).__name__}, over Image.MAX_IMAGE_PIXELS); if it is trusted, "
+            "downscale it first.",
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageRejected(
+            "not_an_image",
+            "The bytes are not an image in an accepted format "
+            f"({', '.join(ACCEPTED_FORMATS)}); check the object, not its name.",
+        ) from None
+    except Exception as exc:  # a header so broken that a plugin crashed on it
+        raise _corrupt(exc) from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        image.close()
+        raise _bomb(pixels, image.size, max_pixels)
+    return image
+
+
+def _corrupt(exc: BaseException) -> ImageRejected:
+    # Only the class name: Pillow's own messages may quote raw bytes from the file.
+    return ImageRejected(
+        "corrupt",
+        f"The image could not be decoded ({type(exc).__name__}): it is truncated or damaged; "
+        "re-export or re-upload it.",
+    )
+
+
+def _decode(source: Image.Image, max_side: int, *, use_draft: bool) -> Image.Image:
+    """Decode the first frame fully (a truncated file fails here) and apply EXIF orientation."""
+    try:
+        source.seek(0)
+        if use_draft and source.format in ("JPEG", "MPO"):
+            # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding, never below the
+            # requested size: asking for the final size gets the largest safe reduction.
+            scale = max_side / max(source.size)
+            if scale < 1:
+                target = (max(1, int(source.width * scale)), max(1, int(source.height * scale)))
+                source.draft("RGB", target)
+        source.load()
+        # exif_transpose returns a copy, detached from the file, even without a rotation.
+        oriented = ImageOps.exif_transpose(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # A GIF frame larger than its declared screen is checked only while seeking.
+        raise ImageRejected(
+            "decompression_bomb",
+            f"A frame exceeds Pillow's Image.MAX_IMAGE_PIXELS ({type(exc).__name__}): "
+            "refused as a possible decompression bomb; if it is trusted, downscale it first.",
+        ) from None
+    except Exception as exc:
+        raise _corrupt(exc) from None
+    return oriented
+
+
+def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    """Bring any mode to RGB, or RGBA only when some pixel is actually see-through."""
+    try:
+        mode = image.mode
+        if mode.startswith("I;16") or mode == "I":
+            image = _sixteen_to_l(image)
+        elif mode == "F":
+            image = image.convert("L")
+        if mode == "P" and "transparency" not in image.info:
+            return image.convert("RGB")
+        if "A" in image.getbands() or "a" in image.getbands() or mode == "P":
+            rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+            low, _ = _band_range(rgba.getchannel("A"))
+            return rgba if low < 255 else rgba.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as exc:  # a mode Pillow cannot convert is as good as undecodable
+        raise _corrupt(exc) from None
+
+
+def _sixteen_to_l(image: Image.Image) -> Image.Image:
+    """Scale 16-bit samples to 8 bits: Pillow's own conversion clips all above 255 to white."""
+    wide = image.convert("I")
+    low, high = _band_range(wide)
+    if image.mode == "I" and low >= 0 and high <= 255:
+        return wide.convert("L")  # 32-bit container holding 8-bit data
+    return wide.point(lambda value: value / 256).convert("L")
+
+
+def _band_range(band: Image.Image) -> tuple[float, float]:
+    """(min, max) of a single-band image, typed for mypy."""
+    low, high = band.getextrema()
+    assert isinstance(low, (int, float)) and isinstance(high, (int, float))
+    return low, high
+
+
+def _encode(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
+    """JPEG for opaque pictures, PNG when alpha matters; no metadata carried over."""
+    image.info = {}  # PNG would otherwise copy the ICC profile; EXIF must not leak either
+    out = io.BytesIO()
+    if image.mode == "RGBA":
+        image.save(out, format="PNG", optimize=True)
+        return out.getvalue(), "image/png"
+    image.save(out, format="JPEG", quality=jpeg_quality, optimize=True)
+    return out.getvalue(), "image/jpeg"

@@ -1,0 +1,357 @@
+"""prepare_image: every good sample is sent small and clean, every bad one is refused by reason."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import pickle
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image, ImageChops, ImageFile, ImageStat
+
+from sandbox import sample_images as samples
+from tasks.images import ImageRejected, PreparedImage, _prepare, prepare_image
+
+
+def _open(prepared: PreparedImage) -> Image.Image:
+    image = Image.open(io.BytesIO(prepared.data))
+    image.load()
+    return image
+
+
+def _png(image: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", **options)
+    return out.getvalue()
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _declared_png(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A 1-bit grey PNG declaring any size; the pixel data may be absent (header-only)."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat or zlib.compress(b"\x00"))
+        + _chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def _real_bomb() -> bytes:
+    """A complete, valid 20000x20000 PNG (400 MP) that compresses to ~50 KB."""
+    side = 20_000
+    row = b"\x00" * (1 + side // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return _declared_png(side, side, idat)
+
+
+GOOD = samples.sample_images()
+BAD_REASONS = {
+    samples.truncated_jpeg()[0]: "corrupt",
+    samples.not_an_image()[0]: "not_an_image",
+    samples.empty()[0]: "empty",
+}
+
+
+# 1-2, 4: every good sample prepares; every broken one is refused with its reason.
+@pytest.mark.parametrize(("name", "data"), GOOD, ids=[name for name, _ in GOOD])
+def test_every_good_sample_prepares(name: str, data: bytes) -> None:
+    prepared = prepare_image(data)
+    image = _open(prepared)
+    assert image.size == (prepared.width, prepared.height)
+    assert max(image.size) <= 1024
+    assert image.mode in ("RGB", "RGBA")
+    expected_format = {"image/jpeg": "JPEG", "image/png": "PNG"}[prepared.mime_type]
+    assert image.format == expected_format
+    assert prepared.source_format == Image.open(io.BytesIO(data)).format
+    assert "exif" not in image.info and "icc_profile" not in image.info
+
+
+@pytest.mark.parametrize(("name", "data"), samples.broken_images(), ids=BAD_REASONS)
+def test_every_broken_sample_is_rejected_with_its_reason(name: str, data: bytes) -> None:
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == BAD_REASONS[name]
+    assert caught.value.message and caught.value.reason in str(caught.value)
+
+
+def test_too_large_says_the_size_the_cap_and_the_fix() -> None:
+    _, data = samples.small_png()
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data, max_bytes=len(data) - 1)
+    assert caught.value.reason == "too_large"
+    assert f"{len(data):,}" in caught.value.message
+    assert f"{len(data) - 1:,}" in caught.value.message
+    assert "max_bytes" in caught.value.message
+    assert prepare_image(data, max_bytes=len(data)).width == 64  # the cap is inclusive
+
+
+def test_a_truncated_png_is_corrupt_and_the_message_names_the_error_not_the_bytes() -> None:
+    data = samples.photo_jpeg()[1]
+    png = _png(Image.open(io.BytesIO(data)))
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(png[: len(png) // 2])
+    assert caught.value.reason == "corrupt"
+    assert "Error" in caught.value.message  # the exception class, e.g. OSError
+    assert "\\x" not in caught.value.message and "b'" not in caught.value.message
+
+
+def test_formats_outside_the_allowlist_are_not_opened() -> None:
+    """EPS would run Ghostscript on untrusted bytes: it is refused as not an image."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(eps)
+    assert caught.value.reason == "not_an_image"
+
+
+# 2: decompression bombs are refused by their declared size, before decoding.
+def test_a_real_400_megapixel_bomb_is_refused() -> None:
+    data = _real_bomb()
+    assert len(data) < 200_000  # the point of a bomb: tiny on disk
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == "decompression_bomb"
+
+
+def test_the_pixel_cap_is_checked_before_any_pixel_is_decoded() -> None:
+    """The pixel data is missing: decoding would say "corrupt", the header check says bomb."""
+    data = _declared_png(5000, 4000)
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data, max_pixels=10_000_000)
+    assert caught.value.reason == "decompression_bomb"
+    assert "5000x4000" in caught.value.message and "20,000,000" in caught.value.message
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)  # under the default cap it is decoded, and found broken
+    assert caught.value.reason == "corrupt"
+
+
+def test_pillows_bomb_warning_is_an_error_here_and_only_here() -> None:
+    """95 MP is under max_pixels but over Image.MAX_IMAGE_PIXELS, where Pillow only warns."""
+    data = _declared_png(9500, 10_000)
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert Image.MAX_IMAGE_PIXELS < 95_000_000 < 100_000_000
+    filters_before = list(warnings.filters)
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == "decompression_bomb"
+    assert list(warnings.filters) == filters_before
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow itself still just warns
+        Image.open(io.BytesIO(data))
+
+
+# 3, 7: downscale to max_side, never upscale; a 12 MP photo is sent as a small fraction.
+@pytest.mark.parametrize(
+    ("max_side", "expected"), [(1024, (64, 48)), (64, (64, 48)), (32, (32, 24)), (1, (1, 1))]
+)
+def test_small_images_are_never_upscaled(max_side: int, expected: tuple[int, int]) -> None:
+    prepared = prepare_image(samples.small_png()[1], max_side=max_side)
+    assert (prepared.width, prepared.height) == expected
+
+
+def test_photo_is_downscaled_keeping_its_aspect() -> None:
+    prepared = prepare_image(samples.photo_jpeg()[1], max_side=800)
+    assert (prepared.width, prepared.height) == (800, 600)
+    assert (prepared.source_width, prepared.source_height) == (1600, 1200)
+
+
+def test_a_12_megapixel_jpeg_is_sent_as_a_small_fraction() -> None:
+    _, data = samples.large_jpeg()
+    prepared = prepare_image(data)
+    assert (prepared.source_width, prepared.source_height) == (4000, 3000)
+    assert (prepared.width, prepared.height) == (1024, 768)
+    assert prepared.mime_type == "image/jpeg"
+    assert len(prepared.data) < 0.25 * len(data)
+
+
+def test_draft_decoding_changes_speed_not_the_result_size() -> None:
+    _, data = samples.large_jpeg()
+    drafted, full = _prepare(data, use_draft=True), _prepare(data, use_draft=False)
+    assert (drafted.width, drafted.height) == (full.width, full.height)
+    difference = ImageStat.Stat(ImageChops.difference(_open(drafted), _open(full))).mean
+    assert max(difference) < 8  # the same picture, within JPEG noise
+
+
+# 4: the first frame of an animation.
+def test_an_animated_gif_sends_its_first_frame() -> None:
+    """Each frame saved alone as a PNG prepares to exact bytes: the GIF's are frame 0's."""
+    _, data = samples.animated_gif()
+    alone = []
+    with Image.open(io.BytesIO(data)) as gif:
+        for index in range(2):
+            gif.seek(index)
+            alone.append(prepare_image(_png(gif)).data)
+    assert alone[0] != alone[1]
+    assert prepare_image(data).data == alone[0]
+
+
+# 5: EXIF orientation is applied, then dropped.
+def test_exif_orientation_swaps_dimensions_and_is_not_carried_over() -> None:
+    prepared = prepare_image(samples.exif_rotated_jpeg()[1])
+    assert (prepared.source_width, prepared.source_height) == (300, 200)
+    assert (prepared.width, prepared.height) == (200, 300)
+    image = _open(prepared)
+    assert image.size == (200, 300)
+    assert len(image.getexif()) == 0
+
+
+# 6: modes become RGB, or RGBA only when the alpha channel matters.
+@pytest.mark.parametrize(
+    ("sample", "mime_type", "mode"),
+    [
+        (samples.cmyk_jpeg, "image/jpeg", "RGB"),
+        (samples.palette_png, "image/jpeg", "RGB"),
+        (samples.gray16_png, "image/jpeg", "RGB"),
+        (samples.alpha_png, "image/png", "RGBA"),
+        (samples.webp_image, "image/jpeg", "RGB"),
+    ],
+    ids=["cmyk", "palette", "gray16", "alpha", "webp"],
+)
+def test_sample_modes_are_converted(
+    sample: Callable[[], samples.Sample], mime_type: str, mode: str
+) -> None:
+    _, data = sample()
+    prepared = prepare_image(data)
+    assert prepared.mime_type == mime_type
+    assert _open(prepared).mode == mode
+
+
+def test_16_bit_samples_are_scaled_not_clipped_to_white() -> None:
+    sent = _open(prepare_image(samples.gray16_png()[1])).convert("L")
+    assert 64 < ImageStat.Stat(sent).mean[0] < 192  # clipping at 255 would be ~255
+
+
+def _scene(mode: str) -> Image.Image:
+    """The 16-colour palette sample in another mode ("P" as it is)."""
+    image = Image.open(io.BytesIO(samples.palette_png()[1]))
+    return image if mode == "P" else image.convert(mode)
+
+
+def _tiff(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="TIFF")  # PNG cannot hold 32-bit "I"
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "mime_type"),
+    [
+        (lambda: _png(_scene("L")), "image/jpeg"),
+        (lambda: _png(_scene("1")), "image/jpeg"),
+        (lambda: _png(_scene("RGBA")), "image/jpeg"),  # opaque alpha does not matter
+        (lambda: _png(_scene("LA")), "image/jpeg"),
+        (lambda: _png(_with_alpha(_scene("LA"))), "image/png"),
+        (lambda: _png(_scene("P"), transparency=0), "image/png"),
+        (lambda: _png(Image.new("P", (8, 8), 1), transparency=0), "image/jpeg"),  # index unused
+        (lambda: _png(Image.new("I;16", (8, 8), 40_000)), "image/jpeg"),
+        (lambda: _tiff(Image.new("I", (8, 8), 40_000)), "image/jpeg"),
+        (lambda: _tiff(Image.new("I", (8, 8), 200)), "image/jpeg"),
+        (lambda: _tiff(Image.new("F", (8, 8), 100.0)), "image/jpeg"),
+    ],
+    ids=[
+        "L",
+        "1",
+        "opaque-RGBA",
+        "opaque-LA",
+        "LA",
+        "P-transparent",
+        "P-unused-tRNS",
+        "I;16",
+        "I-16-bit",
+        "I-8-bit",
+        "F",
+    ],
+)
+def test_alpha_is_kept_only_when_some_pixel_is_see_through(
+    make: Callable[[], bytes], mime_type: str
+) -> None:
+    data = make()
+    prepared = prepare_image(data)
+    assert prepared.mime_type == mime_type
+    assert _open(prepared).mode == {"image/jpeg": "RGB", "image/png": "RGBA"}[mime_type]
+
+
+def _with_alpha(image: Image.Image) -> Image.Image:
+    image.putalpha(Image.linear_gradient("L").resize(image.size))
+    return image
+
+
+@pytest.mark.parametrize(
+    ("data", "grey"),
+    [
+        (_png(Image.new("I;16", (8, 8), 40_000)), 40_000 / 256),
+        (_tiff(Image.new("I", (8, 8), 40_000)), 40_000 / 256),
+        (_tiff(Image.new("I", (8, 8), 200)), 200),  # 8-bit data in a 32-bit container
+    ],
+    ids=["I;16", "I-16-bit", "I-8-bit"],
+)
+def test_wide_grey_keeps_its_brightness(data: bytes, grey: float) -> None:
+    sent = _open(prepare_image(data)).convert("L")
+    assert abs(ImageStat.Stat(sent).mean[0] - grey) < 3
+
+
+# 9: deterministic, so the sha256 of what is sent is a cache key.
+@pytest.mark.parametrize(("name", "data"), GOOD, ids=[name for name, _ in GOOD])
+def test_output_is_byte_identical_for_the_same_input(name: str, data: bytes) -> None:
+    first, second = prepare_image(data), prepare_image(bytes(data))
+    assert hashlib.sha256(first.data).digest() == hashlib.sha256(second.data).digest()
+    assert first == second
+
+
+def test_distinct_inputs_or_options_give_distinct_outputs() -> None:
+    digests = {hashlib.sha256(prepare_image(data).data).hexdigest() for _, data in GOOD}
+    assert len(digests) == len(GOOD)
+    _, photo = samples.photo_jpeg()
+    assert prepare_image(photo, jpeg_quality=60).data != prepare_image(photo).data
+
+
+# Errors and values are safe to log and to ship between processes.
+def test_rejections_pickle_and_results_do_not_print_their_bytes() -> None:
+    error = ImageRejected("corrupt", "broken")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.reason, copy.message) == ("corrupt", "broken")
+    prepared = prepare_image(samples.small_png()[1])
+    assert "data" not in repr(prepared) and "b'" not in repr(prepared)
+
+
+def test_pillow_globals_are_left_alone() -> None:
+    before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, list(warnings.filters))
+    for _, data in [*GOOD, *samples.broken_images(), ("bomb", _declared_png(9500, 10_000))]:
+        with contextlib.suppress(ImageRejected):
+            prepare_image(data)
+    after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, list(warnings.filters))
+    assert after == before
+
+
+def test_max_side_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_side"):
+        prepare_image(samples.small_png()[1], max_side=0)
+
+
+def test_concurrent_calls_agree_and_leave_warning_filters_alone() -> None:
+    """The flow calls this from a thread pool: same bytes out, no filter leaked."""
+    inputs = [data for _, data in GOOD] + [_declared_png(9500, 10_000)] * 4
+    filters_before = list(warnings.filters)
+
+    def digest(data: bytes) -> str:
+        try:
+            return hashlib.sha256(prepare_image(data).data).hexdigest()
+        except ImageRejected as rejected:
+            return rejected.reason
+
+    expected = [digest(data) for data in inputs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            assert list(pool.map(digest, inputs)) == expected
+    assert list(warnings.filters) == filters_before
