@@ -1,6 +1,8 @@
-"""Prefect tasks: one IG1 Responses call each, cached by content and retried when transient."""
+"""Prefect tasks: one IG1 Responses call each, cached by content and retried when transient;
+plus the image and S3 steps the flows need."""
 
 from .cache import CACHE_KEY_PREFIX, ResponseCache, image_digest, response_cache_key
+from .images import ImageRejected, PreparedImage, prepare_image
 from .responses import (
     PreparedCall,
     ResponsesCachePolicy,
@@ -13,13 +15,16 @@ from .responses import (
 
 __all__ = [
     "CACHE_KEY_PREFIX",
+    "ImageRejected",
     "PreparedCall",
+    "PreparedImage",
     "ResponseCache",
     "ResponsesCachePolicy",
     "acreate_response",
     "create_response",
     "image_digest",
     "prepare_call",
+    "prepare_image",
     "resolve_model",
     "response_cache_key",
     "retry_on_transient_failure",

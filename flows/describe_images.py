@@ -1,0 +1,300 @@
+"""The flagship job: describe every new image in an S3 bucket, then summarise the results.
+
+    python -m flows.describe_images --bucket photos --prefix 2026/
+    prefect deploy flows/describe_images.py:describe_s3_images
+
+The outputs are the state: an image is new when its record
+``{output_prefix}{key}.json`` is missing, its ETag changed, or its last attempt
+may succeed now. A rerun with nothing new makes no IG1 call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import AwsCredentials
+from pydantic import BaseModel
+
+from blocks import IG1Credentials, ResponsesModel
+from ig1 import AuthenticationError, BudgetExhaustedError, IG1Error
+from tasks import create_response, resolve_model
+from tasks.s3 import (
+    ensure_bucket_exists,
+    is_image_key,
+    list_keys,
+    list_objects,
+    s3_client,
+    upload_file,
+    write_json,
+    write_text,
+)
+
+from .records import ItemStatus
+from .reporting import RunReport, publish_artifacts
+from .summary import DEFAULT_SUMMARY_PROMPT, map_reduce_summary
+from .window import (
+    Candidate,
+    DescribeSettings,
+    ItemResult,
+    describe_window,
+    release_run_control,
+    run_control,
+)
+
+__all__ = ["DEFAULT_PROMPT", "describe_s3_images", "main"]
+
+DEFAULT_PROMPT = (
+    "Describe this image for a searchable catalogue: the main subject, the setting, "
+    "notable objects, any visible text, and the overall mood, in 2-4 sentences."
+)
+DEFAULT_CONCURRENCY = 8
+WINDOW_SIZE = 50
+
+
+class ItemErrors(Exception):
+    """Raised at the end of a run with ``fail_on_item_errors`` when some images failed."""
+
+
+@flow(name="describe-s3-images",
+      task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+def describe_s3_images(
+    bucket: str,
+    prefix: str = "",
+    output_prefix: str = "descriptions/",
+    model: ResponsesModel | str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
+    max_concurrency: int | None = None,
+    concurrency_limit_name: str | None = None,
+    max_image_side: int = 1024,
+    max_object_mb: float = 50.0,
+    detail: str = "auto",
+    max_output_tokens: int | None = None,
+    window_size: int = WINDOW_SIZE,
+    summary_chunk_chars: int = 12_000,
+    retry_delay_seconds: float = 10.0,
+    fail_on_item_errors: bool = False,
+    aws_credentials: AwsCredentials | None = None,
+) -> RunReport:
+    """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    run_name = _run_name()
+    profile = resolve_model(model)
+    credentials = profile.get_credentials()
+    s3 = s3_client(aws_credentials)
+    ensure_bucket_exists(s3, bucket)
+    concurrency = max_concurrency or _concurrency_from_usage(credentials)
+    settings = DescribeSettings(
+        run_id=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
+        profile=profile, credentials=credentials, aws_credentials=aws_credentials,
+        params={"max_output_tokens": max_output_tokens} if max_output_tokens else {},
+        detail=detail, max_image_side=max_image_side,
+        max_object_bytes=int(max_object_mb * 1024 * 1024), max_concurrency=concurrency,
+        concurrency_limit_name=concurrency_limit_name, retry_delay_seconds=retry_delay_seconds,
+    )
+    report = RunReport(run=run_name, bucket=bucket, prefix=prefix, output_prefix=output_prefix,
+                       model=profile.model, max_concurrency=concurrency)
+    logger.info("Describing new images in s3://%s/%s with %s, %d calls in flight",
+                bucket, prefix, profile.model, concurrency)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ig1-run-"))
+    manifest = workdir / "manifest.jsonl"
+    try:
+        with manifest.open("w", encoding="utf-8") as lines:
+            for result in _describe_all(s3, settings, report, window_size, lines):
+                report.count(result)
+        report.timings["describe_s"] = round(time.monotonic() - started, 3)
+        report.requests = run_control(settings).requests_sent
+        stop = run_control(settings).stop_reason
+    finally:
+        release_run_control(run_name)
+
+    summary_started = time.monotonic()
+    if stop is None:
+        summary = _summarise(manifest, profile, credentials, summary_prompt,
+                             summary_chunk_chars, concurrency, report)
+    else:  # every further call would fail the same way: send nothing more
+        summary = (f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
+                   f"_No summary: the run stopped on {type(stop).__name__}._\n")
+    report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
+    report.timings["total_s"] = round(time.monotonic() - started, 3)
+    if stop is not None:
+        report.stopped_by = f"{type(stop).__name__}: {stop}"
+
+    run_prefix = f"{output_prefix}_runs/{run_name}/"
+    write_text(s3, bucket, run_prefix + "summary.md", summary)
+    upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
+    write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
+    report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
+                      for name in ("summary.md", "manifest.jsonl", "run.json")}
+    publish_artifacts(report, manifest, summary)
+    manifest.unlink(missing_ok=True)
+    workdir.rmdir()
+    logger.info("Run %s: %s", run_name, report.headline())
+
+    if isinstance(stop, AuthenticationError):
+        raise AuthenticationError(
+            f"IG1 refused the credentials ({stop.status}: {stop.message}); the run stopped "
+            "at once. Check the IG1Credentials block or IG1AI_API_KEY.",
+            status=stop.status, code=stop.code, request_id=stop.request_id)
+    if isinstance(stop, BudgetExhaustedError):
+        raise BudgetExhaustedError(
+            f"IG1 budget exhausted (402) after {report.requests} requests: "
+            f"{report.n(ItemStatus.not_attempted)} image(s) not attempted. Raise the commit "
+            "and rerun: the rerun describes exactly what is missing.",
+            status=stop.status, code=stop.code, request_id=stop.request_id)
+    if fail_on_item_errors and report.counts.get(ItemStatus.failed.value):
+        raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
+                         f"see {report.outputs['manifest.jsonl']}")
+    return report
+
+
+def _run_name() -> str:
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return str(context.flow_run.name)
+    return uuid.uuid4().hex[:12]
+
+
+def _concurrency_from_usage(credentials: IG1Credentials) -> int:
+    """``max_throughput`` from ``/usage``, else a safe default; warn when over budget."""
+    logger = get_run_logger()
+    try:
+        usage = credentials.usage()
+    except IG1Error as exc:
+        if isinstance(exc, AuthenticationError):
+            raise
+        logger.info("IG1 /usage unavailable (%s): %d calls in flight", exc, DEFAULT_CONCURRENCY)
+        return DEFAULT_CONCURRENCY
+    if usage.remaining <= 0:
+        logger.warning("IG1 budget already spent this month (%.2f of %.2f): calls will fail "
+                       "with 402 until the commit is raised", usage.current, usage.commit)
+    return max(1, usage.max_throughput or DEFAULT_CONCURRENCY)
+
+
+def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
+                report: RunReport) -> Iterator[Candidate]:
+    """Listed images, with whether a record exists; skipped keys are counted, not hidden."""
+    records = {key for key in list_keys(s3, settings.bucket, settings.output_prefix)
+               if key.endswith(".json")}
+    for obj in list_objects(s3, settings.bucket, prefix):
+        report.listed += 1
+        if obj.key.startswith(settings.output_prefix):
+            report.skip("output")
+        elif obj.key.endswith("/") and obj.size == 0:
+            report.skip("folder")
+        elif not is_image_key(obj.key):
+            report.skip("not_an_image_extension")
+        else:
+            yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
+                            has_record=f"{settings.output_prefix}{obj.key}.json" in records)
+
+
+def _windows(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+    window: list[Candidate] = []
+    for candidate in candidates:
+        window.append(candidate)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window_size: int,
+                  manifest: Any) -> Iterator[ItemResult]:
+    """Submit windows with a bounded number in flight; stream results to the manifest."""
+    in_flight_windows = max(2, math.ceil(2 * settings.max_concurrency / window_size) + 1)
+    pending: list[PrefectFuture[list[ItemResult]]] = []
+    windows = _windows(_candidates(s3, settings, report.prefix, report), window_size)
+    control = run_control(settings)
+    for window in windows:
+        if control.stop_reason is not None:
+            yield from (ItemResult(key=c.key, status=ItemStatus.not_attempted) for c in window)
+            continue
+        pending.append(describe_window.submit(window, settings, first_key=window[0].key))
+        if len(pending) >= in_flight_windows:
+            done = next(as_completed(pending))
+            pending.remove(done)
+            yield from _drain(done, manifest)
+    for future in pending:
+        yield from _drain(future, manifest)
+
+
+def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[ItemResult]:
+    for result in future.result():
+        if result.status is not ItemStatus.unchanged:
+            manifest.write(result.model_dump_json(exclude_none=True) + "\n")
+        yield result
+
+
+def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credentials,
+               summary_prompt: str, chunk_chars: int, parallel: int, report: RunReport) -> str:
+    """The run's summary in Markdown, from this run's descriptions (map-reduce)."""
+
+    def lines() -> Iterator[str]:
+        with manifest.open(encoding="utf-8") as rows:
+            for row in rows:
+                item = json.loads(row)
+                if item.get("text"):
+                    yield f"- {item['key']}: {' '.join(item['text'].split())}"
+
+    def summarize(chunks: list[str]) -> list[str]:
+        futures = [create_response.submit(chunk, model=profile, credentials=credentials,
+                                          instructions=summary_prompt) for chunk in chunks]
+        return [future.result().output_text for future in futures]
+
+    header = f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
+    try:
+        result = map_reduce_summary(lines(), summarize=summarize, chunk_chars=chunk_chars,
+                                    parallel=parallel)
+    except IG1Error as exc:
+        get_run_logger().warning("summary failed: %s", exc)
+        return header + f"_Summary unavailable: {type(exc).__name__}: {exc}_\n"
+    if result is None:
+        return header + "_No new descriptions in this run._\n"
+    report.summary_calls = result.calls
+    return header + result.text.strip() + "\n"
+
+
+class _Arguments(BaseModel):
+    bucket: str
+    prefix: str = ""
+    output_prefix: str = "descriptions/"
+    model: str | None = None
+    max_concurrency: int | None = None
+    concurrency_limit_name: str | None = None
+    max_image_side: int = 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.describe_images --bucket ... [--prefix ...]``"""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--output-prefix", default="descriptions/")
+    parser.add_argument("--model", help="a ResponsesModel block name or a model id")
+    parser.add_argument("--max-concurrency", type=int)
+    parser.add_argument("--concurrency-limit-name")
+    parser.add_argument("--max-image-side", type=int, default=1024)
+    arguments = _Arguments(**vars(parser.parse_args(argv)))
+    report = describe_s3_images(**arguments.model_dump())
+    print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Map-reduce summary: any number of descriptions, every prompt within the model's context.
+
+Descriptions are packed into chunks of at most ``chunk_chars``; each chunk is
+summarised, then the partial summaries are packed and summarised again,
+until one remains. 10 or 10 000 descriptions take the same path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+__all__ = ["DEFAULT_SUMMARY_PROMPT", "SummaryResult", "map_reduce_summary", "pack"]
+
+DEFAULT_SUMMARY_PROMPT = (
+    "You receive descriptions of images from one storage bucket, one per line as "
+    "'- <key>: <description>', or partial summaries of such descriptions. Write a short "
+    "summary in Markdown: the main subjects, recurring themes, and anything unusual, "
+    "naming example keys."
+)
+
+Summarize = Callable[[list[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    text: str
+    calls: int
+    levels: int
+
+
+def pack(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
+    """Join pieces into chunks of at most ``chunk_chars`` (a longer piece is cut)."""
+    chunk: list[str] = []
+    size = 0
+    for piece in pieces:
+        piece = piece[:chunk_chars]
+        if chunk and size + len(piece) + 1 > chunk_chars:
+            yield "\n".join(chunk)
+            chunk, size = [], 0
+        chunk.append(piece)
+        size += len(piece) + 1
+    if chunk:
+        yield "\n".join(chunk)
+
+
+def map_reduce_summary(lines: Iterable[str], *, summarize: Summarize, chunk_chars: int = 12_000,
+                       parallel: int = 8) -> SummaryResult | None:
+    """Summarise ``lines`` with ``summarize`` (chunks in, summaries out); None when empty."""
+    calls = levels = 0
+    pieces: Iterable[str] = lines
+    while True:
+        chunks = pack(pieces, chunk_chars)
+        partials: list[str] = []
+        while group := list(islice(chunks, parallel)):
+            partials += summarize(group)
+            calls += len(group)
+        levels += 1
+        if not partials:
+            return None
+        if len(partials) == 1:
+            return SummaryResult(partials[0], calls, levels)
+        # Guarantee progress: two partials must fit one chunk at the next level.
+        pieces = [partial[:chunk_chars // 2 - 1] for partial in partials]

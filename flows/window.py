@@ -1,0 +1,257 @@
+"""Describing a window of images as ONE Prefect task, one IG1 call per image.
+
+A task per image costs more CPU in Prefect than the call itself (DESIGN.md,
+"Throughput facts"), so a window of ~50 images is one task whose items run
+on process-wide pools: a bounded number of IG1 calls in flight, image
+preparation in a small pool beside them. Every call goes through the same
+client, retry policy, cache key and cache store as ``create_response``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect_aws import AwsCredentials
+from pydantic import BaseModel, ConfigDict
+
+from blocks import IG1Credentials, ResponsesModel
+from ig1 import InputImage, InputMessage, InputText, Response, is_transient
+from tasks import PreparedCall, ResponseCache, create_response, prepare_call
+from tasks.images import ImageRejected, PreparedImage, prepare_image
+from tasks.s3 import ObjectTooLarge, read_bytes, read_json, record_key, s3_client, write_json
+
+from .records import ImageRecord, ItemStatus, RecordError, is_run_stopping, needs_description
+
+__all__ = ["Candidate", "DescribeSettings", "ItemResult", "RunControl", "describe_window"]
+
+
+class Candidate(BaseModel):
+    """A listed image that may need describing (no bytes: keys only cross task boundaries)."""
+
+    key: str
+    etag: str
+    size: int
+    has_record: bool
+
+
+class DescribeSettings(BaseModel):
+    """Everything a window needs, resolved once per run."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    run_id: str
+    bucket: str
+    output_prefix: str
+    prompt: str
+    profile: ResponsesModel
+    credentials: IG1Credentials
+    aws_credentials: AwsCredentials | None = None
+    params: dict[str, Any] = {}
+    detail: str = "auto"
+    max_image_side: int = 1024
+    max_object_bytes: int = 50 * 1024 * 1024
+    max_concurrency: int = 8
+    concurrency_limit_name: str | None = None
+    retry_delay_seconds: float = 10.0
+
+
+class ItemResult(BaseModel):
+    """One line of the run's manifest."""
+
+    key: str
+    status: ItemStatus
+    text: str | None = None
+    error: RecordError | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    sent_bytes: int | None = None
+
+
+@dataclass
+class RunControl:
+    """Process-wide state of one run: the call bound, the stop switch, in-flight dedup."""
+
+    max_concurrency: int
+    stop_reason: BaseException | None = None
+    requests_sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _inflight: dict[str, Future[tuple[Response, bool]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.calls = threading.BoundedSemaphore(self.max_concurrency)
+        self.workers = ThreadPoolExecutor(2 * self.max_concurrency + 2,
+                                          thread_name_prefix="ig1-item")
+        self.preparers = ThreadPoolExecutor(2, thread_name_prefix="ig1-prepare")
+
+    def stop(self, reason: BaseException) -> None:
+        with self._lock:
+            self.stop_reason = self.stop_reason or reason
+
+    def once(self, key: str, produce: Callable[[], tuple[Response, bool]]
+             ) -> tuple[Response, bool]:
+        """Single flight: the same request from two items at once is paid for once."""
+        with self._lock:
+            pending = self._inflight.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._inflight[key] = Future()
+        assert pending is not None
+        if not owner:
+            response, _ = pending.result()
+            return response, True
+        try:
+            result = produce()
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+        pending.set_result(result)
+        return result
+
+    def close(self) -> None:
+        self.workers.shutdown(wait=True)
+        self.preparers.shutdown(wait=True)
+
+
+_controls: dict[str, RunControl] = {}
+_controls_lock = threading.Lock()
+
+
+def run_control(settings: DescribeSettings) -> RunControl:
+    """The control of this run in this process (windows of one run share it)."""
+    with _controls_lock:
+        control = _controls.get(settings.run_id)
+        if control is None:
+            control = _controls[settings.run_id] = RunControl(settings.max_concurrency)
+        return control
+
+
+def release_run_control(run_id: str) -> None:
+    with _controls_lock:
+        control = _controls.pop(run_id, None)
+    if control is not None:
+        control.close()
+
+
+@task(name="describe-window", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="describe-window-{first_key}")
+def describe_window(candidates: list[Candidate], settings: DescribeSettings,
+                    first_key: str = "") -> list[ItemResult]:
+    """Describe each candidate (one IG1 call each at most) and write its record."""
+    control = run_control(settings)
+    client = s3_client(settings.aws_credentials)
+    cache = ResponseCache.for_task(create_response)
+    item = _ItemWork(settings, control, client, cache)
+    futures = [control.workers.submit(item.run, candidate) for candidate in candidates]
+    return [future.result() for future in futures]
+
+
+class _NotAttempted(Exception):
+    """The run stopped (401/403/402) before this item's call was sent."""
+
+
+@dataclass
+class _ItemWork:
+    settings: DescribeSettings
+    control: RunControl
+    s3: Any
+    cache: ResponseCache
+
+    def run(self, candidate: Candidate) -> ItemResult:
+        if self.control.stop_reason is not None:
+            return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        where = record_key(self.settings.output_prefix, candidate.key)
+        if candidate.has_record and not needs_description(
+                read_json(self.s3, self.settings.bucket, where), candidate.etag):
+            return ItemResult(key=candidate.key, status=ItemStatus.unchanged)
+        base = {"source_key": candidate.key, "source_etag": candidate.etag,
+                "model": self.settings.profile.model, "flow_run": self.settings.run_id,
+                "source_bytes": candidate.size}
+        try:
+            data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
+                                 max_bytes=self.settings.max_object_bytes)
+            base["sha256"] = hashlib.sha256(data).hexdigest()
+            prepared = self.control.preparers.submit(
+                prepare_image, data, max_side=self.settings.max_image_side,
+                max_bytes=self.settings.max_object_bytes).result()
+            del data
+            sent = {"sent_width": prepared.width, "sent_height": prepared.height,
+                    "sent_bytes": len(prepared.data)}
+            response, cached = self._describe(prepared)
+        except (ImageRejected, ObjectTooLarge) as exc:
+            error = RecordError(type=getattr(exc, "reason", "too_large"),
+                                message=str(getattr(exc, "message", exc)))
+            return self._write_failure(candidate, base, error)
+        except _NotAttempted:
+            return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        except Exception as exc:
+            if is_run_stopping(exc):
+                self.control.stop(exc)
+            return self._write_failure(candidate, base, RecordError.from_exception(exc))
+        record = ImageRecord.described(response=response, cached=cached, **base, **sent)
+        write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
+        usage = response.usage
+        return ItemResult(
+            key=candidate.key, status=ItemStatus.cached if cached else ItemStatus.described,
+            text=response.output_text, sent_bytes=len(prepared.data),
+            input_tokens=0 if cached or not usage else usage.input_tokens,
+            output_tokens=0 if cached or not usage else usage.output_tokens)
+
+    def _describe(self, prepared: PreparedImage) -> tuple[Response, bool]:
+        message = InputMessage(role="user", content=[
+            InputText(text=self.settings.prompt),
+            InputImage.from_bytes(prepared.data, mime_type=prepared.mime_type,
+                                  detail=self.settings.detail),  # type: ignore[arg-type]
+        ])
+        call = prepare_call([message], model=self.settings.profile,
+                            credentials=self.settings.credentials, params=self.settings.params)
+        key = call.cache_key
+
+        def pay() -> tuple[Response, bool]:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
+            try:
+                response = self._send(call)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The client's quick retries are spent: one slower second chance, like
+                # create_response's task retry, before the error is recorded.
+                time.sleep(self.settings.retry_delay_seconds)
+                response = self._send(call)
+            self.cache.put(key, response)
+            return response, False
+
+        return self.control.once(key, pay)
+
+    def _send(self, call: PreparedCall) -> Response:
+        with self.control.calls, self._global_slot():
+            if self.control.stop_reason is not None:
+                raise _NotAttempted
+            with self.control._lock:
+                self.control.requests_sent += 1
+            return call.credentials.get_client().send(call.request)
+
+    def _global_slot(self) -> AbstractContextManager[Any]:
+        name = self.settings.concurrency_limit_name
+        return concurrency(name, occupy=1, strict=True) if name else nullcontext()
+
+    def _write_failure(self, candidate: Candidate, base: dict[str, Any],
+                       error: RecordError) -> ItemResult:
+        record = ImageRecord.failed(error=error, **base)
+        where = record_key(self.settings.output_prefix, candidate.key)
+        write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
+        return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error)

@@ -1,0 +1,379 @@
+"""The flagship flow on moto's S3 server and the IG1 emulator, both real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows import describe_s3_images
+from flows.describe_images import DEFAULT_PROMPT
+from ig1 import AuthenticationError, BudgetExhaustedError, InputImage, InputMessage, InputText
+from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
+from sandbox.sample_images import broken_images, large_jpeg, sample_images
+from tasks import create_response
+from tasks.images import prepare_image
+from tasks.s3 import BucketNotFound
+from tests.conftest import TEST_KEY
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+GOOD = sample_images()
+TRICKY_KEYS = ["with space/été 2024.png", "plus+sign.png", "100%25 real%.png",
+               "a/b/c/d/e/f/deep.png", "ünïcødé/图片.png"]
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3]:
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def env(local_s3: LocalS3, ig1_env: EmulatorServer,
+        monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    """boto3's default chain and IG1 credentials from the environment, as a user would."""
+    for name, value in local_s3.env().items():
+        monkeypatch.setenv(name, value)
+    return ig1_env
+
+
+@pytest.fixture(autouse=True)
+def fresh_prompt(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A prompt no earlier test used: the response cache is shared by the whole session."""
+    prompt = f"{DEFAULT_PROMPT} [{uuid.uuid4().hex[:8]}]"
+    monkeypatch.setattr("tests.flows.test_describe_images.PROMPT", prompt)
+    return prompt
+
+
+PROMPT = DEFAULT_PROMPT
+
+
+def describe(bucket: str, **options: Any) -> Any:
+    """The flow with this test's fresh prompt."""
+    return describe_s3_images(bucket, prompt=PROMPT, **options)
+
+
+@pytest.fixture
+def bucket(local_s3: LocalS3) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    local_s3.client().create_bucket(Bucket=name)
+    return name
+
+
+def put(local_s3: LocalS3, bucket: str, items: list[tuple[str, bytes]], prefix: str = "in/"
+        ) -> None:
+    client = local_s3.client()
+    for name, data in items:
+        client.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+
+
+def record(local_s3: LocalS3, bucket: str, key: str) -> dict[str, Any]:
+    body = local_s3.client().get_object(Bucket=bucket, Key=f"descriptions/{key}.json")["Body"]
+    document: dict[str, Any] = json.loads(body.read())
+    return document
+
+
+def all_keys(local_s3: LocalS3, bucket: str) -> list[str]:
+    pages = local_s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def describe_calls(emulator: EmulatorServer) -> int:
+    """Calls that described an image (the summary's calls carry no image)."""
+    return sum(1 for body in emulator.stats.received if "input_image" in json.dumps(body))
+
+
+def test_records_carry_every_field(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    import hashlib
+
+    name, data = GOOD[1]  # the 1600x1200 JPEG
+    put(local_s3, bucket, [(name, data)])
+    report = describe(bucket, prefix="in/", max_image_side=800)
+    doc = record(local_s3, bucket, f"in/{name}")
+    etag = local_s3.client().head_object(Bucket=bucket, Key=f"in/{name}")["ETag"].strip('"')
+    assert doc["source_key"] == f"in/{name}" and doc["source_etag"] == etag
+    assert doc["sha256"] == hashlib.sha256(data).hexdigest()
+    assert doc["model"] == "qwen35-397b-a17b-instruct-general"
+    assert doc["text"].startswith("Echo: " + PROMPT) and doc["error"] is None
+    assert "Image 800x600 JPEG" in doc["text"]
+    assert (doc["sent_width"], doc["sent_height"]) == (800, 600)
+    assert 0 < doc["sent_bytes"] < len(data)
+    assert doc["usage"]["total_tokens"] > 0 and doc["cached"] is False
+    assert doc["described_at"].startswith("20") and doc["request_id"].startswith("req_")
+    assert report.counts.get("described", 0) == 1 and report.requests == 1
+
+
+def test_every_sample_described_bad_ones_refused_without_a_call(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    bomb = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")
+    bad = [*broken_images(), ("bomb.png", bomb.getvalue()), ("huge.jpg", large_jpeg()[1])]
+    put(local_s3, bucket, GOOD + bad)
+    report = describe(bucket, prefix="in/", max_object_mb=0.25)
+    assert report.counts.get("described", 0) == len(GOOD)
+    assert describe_calls(env) == len(GOOD)
+    reasons = {name: record(local_s3, bucket, f"in/{name}")["error"]["type"]
+               for name, _ in bad}
+    truncated, not_image, empty = (name for name, _ in broken_images())
+    assert reasons == {truncated: "corrupt", not_image: "not_an_image", empty: "empty",
+                       "bomb.png": "decompression_bomb", "huge.jpg": "too_large"}
+    assert report.counts["failed"] == len(bad)
+
+
+def test_a_12_megapixel_photo_is_sent_small(env: EmulatorServer, local_s3: LocalS3,
+                                            bucket: str) -> None:
+    original = large_jpeg()[1]
+    put(local_s3, bucket, [("big.jpg", original)])
+    describe(bucket, prefix="in/")
+    doc = record(local_s3, bucket, "in/big.jpg")
+    assert max(doc["sent_width"], doc["sent_height"]) == 1024
+    assert doc["sent_bytes"] < 0.15 * len(original)
+
+
+def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    put(local_s3, bucket, GOOD[:4] + broken_images()[:1])
+    describe(bucket, prefix="in/")
+    before, calls = set(all_keys(local_s3, bucket)), env.stats.requests
+    report = describe(bucket, prefix="in/")
+    assert env.stats.requests == calls
+    written = set(all_keys(local_s3, bucket)) - before
+    assert written == {f"descriptions/_runs/{report.run}/{name}"
+                       for name in ("summary.md", "manifest.jsonl", "run.json")}
+    assert report.counts == {"unchanged": 5} and report.requests == 0
+
+
+def test_new_and_changed_images_only(env: EmulatorServer, local_s3: LocalS3,
+                                     bucket: str) -> None:
+    put(local_s3, bucket, GOOD[:3])
+    describe(bucket, prefix="in/")
+    put(local_s3, bucket, [(GOOD[0][0], GOOD[5][1]), ("added.png", GOOD[6][1])])
+    env.reset()
+    report = describe(bucket, prefix="in/")
+    assert report.counts == {"unchanged": 2, "described": 2}
+    assert describe_calls(env) == 2
+    assert record(local_s3, bucket, f"in/{GOOD[0][0]}")["sha256"] == __import__(
+        "hashlib").sha256(GOOD[5][1]).hexdigest()
+
+
+def test_duplicate_image_under_two_keys_is_one_call(env: EmulatorServer, local_s3: LocalS3,
+                                                    bucket: str) -> None:
+    photo = GOOD[1][1]
+    put(local_s3, bucket, [("one.jpg", photo), ("deep/copy.jpg", photo)])
+    report = describe(bucket, prefix="in/", max_concurrency=4)
+    assert describe_calls(env) == 1
+    docs = [record(local_s3, bucket, key) for key in ("in/one.jpg", "in/deep/copy.jpg")]
+    assert docs[0]["text"] == docs[1]["text"] and sorted(d["cached"] for d in docs) == [
+        False, True]
+    assert report.counts == {"described": 1, "cached": 1}
+
+
+def test_create_response_and_the_flow_share_one_cache(env: EmulatorServer, local_s3: LocalS3,
+                                                      bucket: str) -> None:
+    name, data = GOOD[2]
+    prepared = prepare_image(data)
+    message = [InputMessage(role="user", content=[
+        InputText(text=PROMPT),
+        InputImage.from_bytes(prepared.data, mime_type=prepared.mime_type)])]
+    flow(lambda: create_response(message))()
+    assert env.stats.requests == 1
+    put(local_s3, bucket, [(name, data)])
+    describe(bucket, prefix="in/")
+    assert describe_calls(env) == 1 and record(local_s3, bucket, f"in/{name}")["cached"]
+
+
+def test_listing_past_1000_keys_counts_skips(env: EmulatorServer, local_s3: LocalS3,
+                                             bucket: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = local_s3.client()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"in/a/{i:05d}.txt",
+                                                  Body=b"x"), range(1100)))
+    put(local_s3, bucket, GOOD[:2], prefix="in/z/")  # listed after the first 1000 keys
+    report = describe(bucket, prefix="in/")
+    assert report.listed == 1102 and report.skipped == {"not_an_image_extension": 1100}
+    assert report.counts.get("described", 0) == 2
+
+
+def test_tricky_keys_round_trip(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    put(local_s3, bucket, [(key, GOOD[0][1]) for key in TRICKY_KEYS])
+    report = describe(bucket, prefix="in/")
+    for key in TRICKY_KEYS:
+        assert record(local_s3, bucket, f"in/{key}")["source_key"] == f"in/{key}"
+    assert report.counts == {"described": 1, "cached": len(TRICKY_KEYS) - 1}
+
+
+def test_output_prefix_inside_the_source_prefix_is_skipped(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    put(local_s3, bucket, GOOD[:2], prefix="")
+    describe(bucket, prefix="", output_prefix="descriptions/")
+    report = describe(bucket, prefix="", output_prefix="descriptions/")
+    assert report.counts == {"unchanged": 2}
+    assert report.skipped["output"] >= 5  # 2 records + the first run's 3 outputs
+
+
+def test_transient_faults_still_describe_every_image(env: EmulatorServer, local_s3: LocalS3,
+                                                     bucket: str) -> None:
+    put(local_s3, bucket, GOOD)
+    for kind in ("429", "500", "502", "503", "drop", "malformed"):
+        env.fail_next(kind)
+    report = describe(bucket, prefix="in/", max_concurrency=2, retry_delay_seconds=0)
+    assert report.counts.get("described", 0) == len(GOOD) and not report.counts.get("failed")
+
+
+def test_concurrency_bound_is_respected(env: EmulatorServer, local_s3: LocalS3,
+                                       bucket: str) -> None:
+    put(local_s3, bucket, GOOD + [(f"more{i}.png", GOOD[i][1][:-1] + b"\0") for i in (0, 3)])
+    env.configure(latency=0.1)
+    describe(bucket, prefix="in/", max_concurrency=3, summary_chunk_chars=100_000)
+    assert env.stats.max_in_flight_seen == 3
+
+
+def test_concurrency_defaults_from_usage(env: EmulatorServer, local_s3: LocalS3,
+                                         bucket: str) -> None:
+    put(local_s3, bucket, GOOD[:1])
+    env.configure(max_throughput=5)
+    assert describe(bucket, prefix="in/").max_concurrency == 5
+
+
+def test_global_concurrency_limit_is_shared(env: EmulatorServer, local_s3: LocalS3,
+                                           bucket: str) -> None:
+    name = f"ig1-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=2))
+    put(local_s3, bucket, GOOD)
+    env.configure(latency=0.1)
+    describe(bucket, prefix="in/", max_concurrency=6, concurrency_limit_name=name)
+    assert env.stats.max_in_flight_seen <= 2
+
+
+def test_auth_failure_stops_at_once(env: EmulatorServer, local_s3: LocalS3,
+                                    bucket: str) -> None:
+    put(local_s3, bucket, GOOD * 1 + [(f"x{i}.png", GOOD[0][1]) for i in range(30)])
+    env.fail_next("401", count=1000)
+    state = describe(bucket, prefix="in/", max_concurrency=3, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(AuthenticationError, match="refused the credentials"):
+        state.result()
+    assert env.stats.requests <= 3
+
+
+def test_wrong_key_fails_before_any_description(env: EmulatorServer, local_s3: LocalS3,
+                                                bucket: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IG1AI_API_KEY", "sk-wrong")
+    put(local_s3, bucket, GOOD[:2])
+    state = describe(bucket, prefix="in/", return_state=True)
+    with pytest.raises(AuthenticationError):
+        state.result()
+    assert env.stats.requests == 0
+
+
+def test_budget_stop_within_the_concurrency_bound(env: EmulatorServer, local_s3: LocalS3,
+                                                  bucket: str) -> None:
+    distinct = [(f"p{i}.png", _solid_png(i)) for i in range(40)]
+    put(local_s3, bucket, distinct)
+    env.configure(budget_requests=5, latency=0.02)
+    state = describe(bucket, prefix="in/", max_concurrency=4, return_state=True)
+    with pytest.raises(BudgetExhaustedError, match="not attempted"):
+        state.result()
+    assert env.stats.requests <= 5 + 4
+    runs = [k for k in all_keys(local_s3, bucket) if k.startswith("descriptions/_runs/")]
+    assert {k.rsplit("/", 1)[1] for k in runs} == {"summary.md", "manifest.jsonl", "run.json"}
+    run = json.loads(local_s3.client().get_object(
+        Bucket=bucket, Key=next(k for k in runs if k.endswith("run.json")))["Body"].read())
+    assert run["counts"]["described"] == 5 and run["counts"]["not_attempted"] > 0
+    env.configure(budget_requests=None)
+    again = describe(bucket, prefix="in/", max_concurrency=4)
+    assert again.counts.get("unchanged") == 5 and again.counts.get("described", 0) == 35
+
+
+def test_summary_map_reduces_past_one_prompt(env: EmulatorServer, local_s3: LocalS3,
+                                             bucket: str) -> None:
+    put(local_s3, bucket, [(f"p{i}.png", _solid_png(100 + i)) for i in range(12)])
+    report = describe(bucket, prefix="in/", summary_chunk_chars=600)
+    assert report.summary_calls > 2
+    summary = local_s3.client().get_object(
+        Bucket=bucket, Key=f"descriptions/_runs/{report.run}/summary.md")["Body"].read().decode()
+    assert summary.startswith(f"# Image descriptions: run {report.run}")
+    prompts = [b for b in env.stats.received if "input_image" not in json.dumps(b)]
+    assert prompts and all(len(b["input"]) <= 600 for b in prompts)
+
+
+def test_artifacts_and_no_key_anywhere(env: EmulatorServer, local_s3: LocalS3, bucket: str,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    put(local_s3, bucket, GOOD[:3] + broken_images()[:1])
+    state = describe(bucket, prefix="in/", return_state=True)
+    report = state.result()
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        artifacts = {key: client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            flow_run_filter=run_filter)
+            for key in ("described-images", "image-summary", "ig1-usage")}
+    assert all(artifacts.values())
+    table = json.loads(artifacts["described-images"][0].data)
+    assert len(table) == 4 and {row["status"] for row in table} == {"described", "failed"}
+    texts = [json.dumps([a.model_dump(mode="json") for a in found]) for found in
+             artifacts.values()]
+    client = local_s3.client()
+    texts += [client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
+              for key in all_keys(local_s3, bucket) if key.startswith("descriptions/")]
+    texts += [caplog.text, report.model_dump_json()]
+    assert not [text for text in texts if TEST_KEY in text]
+
+
+def test_missing_bucket_fails_the_run(env: EmulatorServer) -> None:
+    state = describe("no-such-bucket-here", return_state=True)
+    with pytest.raises(BucketNotFound, match="no-such-bucket-here"):
+        state.result()
+
+
+def test_fail_on_item_errors(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    put(local_s3, bucket, GOOD[:1] + broken_images()[:1])
+    state = describe(bucket, prefix="in/", fail_on_item_errors=True,
+                               return_state=True)
+    assert state.is_failed()
+
+
+def test_command_line(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    put(local_s3, bucket, GOOD[:2], prefix="cli/")
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.describe_images", "--bucket", bucket, "--prefix", "cli/"],
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["counts"] == {"described": 2}
+    assert TEST_KEY not in done.stdout + done.stderr
+
+
+def _solid_png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (seed % 256, (seed * 7) % 256, (seed * 13) % 256)).save(
+        buffer, format="PNG")
+    return buffer.getvalue()
