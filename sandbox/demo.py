@@ -1,9 +1,10 @@
-"""End-to-end demo on embedded defaults: no key, no cloud.
+"""End-to-end demo of the flagship job on embedded defaults: no key, no cloud.
 
-Starts the IG1 emulator on 127.0.0.1, then runs a Prefect flow (ephemeral
-mode) that describes generated images, answers a text prompt and a
-structured prompt through ``create_response``; runs it again to show that
-nothing is paid for twice. ``python -m sandbox.demo``
+Starts the IG1 emulator and moto's S3 server on 127.0.0.1, uploads generated
+images (several formats and sizes, a 12 MP photo, a duplicate, broken files),
+runs ``describe_s3_images`` in Prefect's ephemeral mode, prints the summary
+and where the records are, then reruns it to show that nothing is paid twice.
+``python -m sandbox.demo``
 """
 
 from __future__ import annotations
@@ -12,67 +13,73 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from .emulator import EmulatorServer
-from .sample_images import sample_images
+from .local_s3 import LocalS3
+from .sample_images import broken_images, large_jpeg, sample_images
 
 DEMO_KEY = "sk-demo-not-a-real-key"
+BUCKET = "demo-photos"
 
 
-class ReleaseNote(BaseModel):
-    """A one-line release note."""
-
-    title: str = Field(description="A short title.")
-    risk: int = Field(description="Risk from 1 (low) to 5 (high).")
-
-
-def _prepare_environment(emulator: EmulatorServer) -> None:
+def _prepare_environment(emulator: EmulatorServer, s3: LocalS3) -> None:
     home = Path(".demo/prefect").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "storage"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.update(s3.env())
     os.environ["IG1AI_API_KEY"] = DEMO_KEY
     os.environ["IG1AI_BASE_URL"] = emulator.base_url
 
 
+def _upload(s3: LocalS3) -> int:
+    client = s3.client()
+    client.create_bucket(Bucket=BUCKET)
+    images = sample_images()
+    uploads = [(f"incoming/{name}", data) for name, data in images]
+    uploads.append(("incoming/2026/summer trip/IMG_0001.jpg", large_jpeg()[1]))
+    uploads.append(("incoming/duplicates/copy of photo.jpg", images[1][1]))
+    uploads += [(f"incoming/broken/{name}", data) for name, data in broken_images()]
+    uploads.append(("incoming/README.txt", b"not an image: skipped, and counted"))
+    for key, data in uploads:
+        client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return len(uploads)
+
+
 def main() -> int:
-    with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator:
-        _prepare_environment(emulator)
-        from prefect import flow
+    with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator, LocalS3() as s3:
+        _prepare_environment(emulator, s3)
+        from flows import describe_s3_images
 
-        from ig1 import InputImage, InputMessage, InputText, Response
-        from tasks import create_response
-
-        @flow(name="ig1-demo", log_prints=False)
-        def demo() -> list[tuple[str, Response]]:
-            asks = {name: [InputMessage(role="user", content=[
-                InputText(text="Describe this image in one sentence."),
-                InputImage.from_bytes(data)])] for name, data in sample_images()[:3]}
-            futures = [(name, create_response.submit(message, temperature=0.2))
-                       for name, message in asks.items()]
-            futures.append(("text prompt", create_response.submit(
-                "Write me a nice poem about DevOps.", max_output_tokens=40)))
-            futures.append(("structured prompt", create_response.submit(
-                "Summarise the release: faster image uploads.", response_format=ReleaseNote)))
-            return [(name, future.result()) for name, future in futures]
-
-        for attempt in ("first run", "second run (same requests)"):
+        uploaded = _upload(s3)
+        print(f"Uploaded {uploaded} objects to s3://{BUCKET}/incoming/ (moto at "
+              f"{s3.endpoint_url}); IG1 emulator at {emulator.base_url}")
+        for attempt in ("first run", "rerun, nothing new"):
             before = emulator.stats.requests
             started = time.perf_counter()
-            answers = demo()
-            calls = emulator.stats.requests - before
-            print(f"\n== {attempt}: {calls} HTTP call(s) to the IG1 emulator at "
-                  f"{emulator.base_url}, {time.perf_counter() - started:.1f} s")
-            for name, response in answers:
-                shown = response.parsed if response.parsed is not None else response.output_text
-                print(f"- {name}: {' | '.join(str(shown).splitlines())[:160]}")
-                print(f"    from {response.model}, request_id {response.request_id}, "
-                      f"{response.usage.total_tokens if response.usage else '?'} tokens")
-        print(f"\nCached responses live in {os.environ['PREFECT_LOCAL_STORAGE_PATH']}; "
-              "the second run made no HTTP call.")
+            report = describe_s3_images(BUCKET, prefix="incoming/")
+            print(f"\n== {attempt}: {report.headline()}")
+            print(f"   {emulator.stats.requests - before} HTTP call(s) to IG1, "
+                  f"{time.perf_counter() - started:.1f} s")
+        summary_key = report.outputs["summary.md"].split(f"s3://{BUCKET}/", 1)[1]
+        first_summary = summary_key.replace(report.run, _first_run(s3))
+        body = s3.client().get_object(Bucket=BUCKET, Key=first_summary)["Body"].read()
+        print(f"\nSummary of the first run (s3://{BUCKET}/{first_summary}):\n")
+        print(body.decode())
+        print(f"Records: s3://{BUCKET}/descriptions/<image key>.json, e.g. "
+              f"s3://{BUCKET}/descriptions/incoming/photo.jpg.json")
+        record = s3.client().get_object(Bucket=BUCKET, Key="descriptions/incoming/broken/"
+                                        + broken_images()[0][0] + ".json")["Body"].read()
+        print(f"An error record:\n{record.decode()}")
     return 0
+
+
+def _first_run(s3: LocalS3) -> str:
+    """The name of the earliest run, from its run.json's place in the bucket."""
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="descriptions/_runs/")
+    runs = sorted((obj["LastModified"], obj["Key"].split("/")[2])
+                  for obj in listed.get("Contents", []) if obj["Key"].endswith("run.json"))
+    return runs[0][1]
 
 
 if __name__ == "__main__":
