@@ -20,6 +20,7 @@ from ._exceptions import (
     RequestValidationError,
     ServerError,
     StructuredOutputError,
+    status_error_class,
 )
 from ._request import (
     SAMPLING_PARAMETERS,
@@ -79,5 +80,6 @@ __all__ = [
     "parse_structured",
     "shared_async_client",
     "shared_client",
+    "status_error_class",
     "strict_json_schema",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 from ._exceptions import APIError, IncompleteStreamError, ServerError
 from ._response import Response
 
-__all__ = ["StreamAccumulator", "StreamEvent"]
+__all__ = ["StreamEvent"]
 
 
 @dataclass(frozen=True)

@@ -377,3 +377,20 @@ def _solid_png(seed: int) -> bytes:
     Image.new("RGB", (32, 24), (seed % 256, (seed * 7) % 256, (seed * 13) % 256)).save(
         buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_run_over_budget_warns(env: EmulatorServer, local_s3: LocalS3, bucket: str,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    put(local_s3, bucket, GOOD[:1])
+    env.configure(usage_commit=0.0)
+    describe(bucket, prefix="in/")
+    assert "budget already spent" in caplog.text
+
+
+def test_loads_as_a_prefect_entrypoint() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    loaded = load_flow_from_entrypoint("flows/describe_images.py:describe_s3_images")
+    assert loaded.name == "describe-s3-images"
+    assert {"bucket", "prefix", "output_prefix", "model", "max_concurrency",
+            "concurrency_limit_name", "max_image_side"} <= set(loaded.parameters.properties)
