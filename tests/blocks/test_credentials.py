@@ -9,25 +9,19 @@ import subprocess
 import sys
 
 import pytest
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import DEFAULT_BASE_URL, IG1Error
 from sandbox.emulator import EmulatorServer
+from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
 from tests.conftest import TEST_KEY
 
 
-class TestIG1CredentialsBlock(BlockStandardTestSuite):
+class TestIG1CredentialsBlock(OfflineBlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[IG1Credentials]:
         return IG1Credentials
-
-    def test_has_a_documentation_url(self, block: type[IG1Credentials]) -> None:
-        pytest.skip("no hosted docs: the README is the documentation")
-
-    def test_has_a_valid_image(self, block: type[IG1Credentials]) -> None:
-        pytest.skip("the logo check downloads an image; tests are offline")
 
 
 def test_the_key_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:

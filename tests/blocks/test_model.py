@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr, ValidationError
 
 from blocks import DEFAULT_MODEL, IG1Credentials, ResponsesModel
 from ig1 import RequestValidationError
+from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
 from tests.conftest import TEST_KEY
 
 
-class TestResponsesModelBlock(BlockStandardTestSuite):
+class TestResponsesModelBlock(OfflineBlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[ResponsesModel]:
         return ResponsesModel
-
-    def test_has_a_documentation_url(self, block: type[ResponsesModel]) -> None:
-        pytest.skip("no hosted docs: the README is the documentation")
-
-    def test_has_a_valid_image(self, block: type[ResponsesModel]) -> None:
-        pytest.skip("the logo check downloads an image; tests are offline")
 
 
 def test_default_model() -> None:
