@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from .records import ItemStatus
 from .window import ItemResult
@@ -48,6 +48,7 @@ class RunReport(BaseModel):
         self.output_tokens += result.output_tokens
         self.sent_bytes += result.sent_bytes or 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def new(self) -> int:
         """Images that needed describing in this run."""

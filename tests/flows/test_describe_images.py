@@ -304,6 +304,7 @@ def test_budget_stop_within_the_concurrency_bound(env: EmulatorServer, local_s3:
     run = json.loads(local_s3.client().get_object(
         Bucket=bucket, Key=next(k for k in runs if k.endswith("run.json")))["Body"].read())
     assert run["counts"]["described"] == 5 and run["counts"]["not_attempted"] > 0
+    assert run["new"] == 40 and run["listed"] == 40 and run["timings"]["total_s"] > 0
     env.configure(budget_requests=None)
     again = describe(bucket, prefix="in/", max_concurrency=4)
     assert again.counts.get("unchanged") == 5 and again.counts.get("described", 0) == 35
