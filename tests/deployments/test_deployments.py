@@ -1,0 +1,146 @@
+"""prefect.yaml and serve: schedules, triggers and concurrency limits as declared, on a server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, Deployment, FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+from deployments.serve import PREFECT_YAML, load_deployments
+from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
+from sandbox.sample_images import sample_images
+from tests.conftest import TEST_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOW = "describe-s3-images"
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> str:
+    bucket = f"watched-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("IG1_IMAGES_BUCKET", bucket)
+    monkeypatch.setenv("IG1_IMAGES_PREFIX", "incoming/")
+    return bucket
+
+
+def test_yaml_declares_schedule_trigger_and_limits(watched: str) -> None:
+    nightly, on_upload = load_deployments(PREFECT_YAML)
+    assert nightly.name == "describe-images-nightly"
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"  # type: ignore[union-attr]
+    assert nightly.parameters == {"bucket": watched, "prefix": "incoming/",
+                                  "output_prefix": "descriptions/"}
+    assert nightly.concurrency_limit == 1 and nightly.concurrency_options is not None
+    assert nightly.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    trigger = on_upload.triggers[0]
+    assert trigger.match.root == {"prefect.resource.id": f"s3://{watched}/incoming/*"}
+    assert trigger.expect == {"ig1.s3.object.created"} and trigger.threshold == 1
+    assert trigger.parameters == {"bucket": "{{ event.payload.bucket }}", "prefix": "incoming/",
+                                  "output_prefix": "descriptions/"}
+
+
+def _deployment(name: str) -> Deployment:
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(f"{FLOW}/{name}")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_prefect_deploy_all_registers_them(watched: str) -> None:
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="ig1-process", type="process"))
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(PREFECT_YAML)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    nightly = _deployment("describe-images-nightly")
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"  # type: ignore[union-attr]
+    assert nightly.parameters["bucket"] == watched
+    assert nightly.global_concurrency_limit is not None
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.work_pool_name == "ig1-process"
+    on_upload = _deployment("describe-images-on-upload")
+    with get_client(sync_client=True) as client:
+        automations = client.read_automations_by_name(
+            "describe-images-on-upload__automation_1")
+    assert automations and automations[0].actions[0].deployment_id == on_upload.id  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[LocalS3]:
+    with LocalS3() as server:
+        yield server
+
+
+def _serve(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_final(flow_run_id: uuid.UUID, timeout: float = 90) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(0.5)
+    raise AssertionError(f"flow run {flow_run_id} did not finish")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
+        watched: str, moto: LocalS3, emulator: EmulatorServer) -> None:
+    client = moto.client()
+    client.create_bucket(Bucket=watched)
+    for name, data in sample_images()[:4]:
+        client.put_object(Bucket=watched, Key=f"incoming/{name}", Body=data)
+    emulator.configure(latency=1.0)  # keeps the first run busy while the second is due
+    env = {**os.environ, **moto.env(), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "IG1AI_API_KEY": TEST_KEY, "IG1AI_BASE_URL": emulator.base_url,
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    with get_client(sync_client=True) as prefect:  # forget `prefect deploy`'s versions
+        for name in ("describe-images-nightly", "describe-images-on-upload"):
+            with contextlib.suppress(ObjectNotFound):
+                prefect.delete_deployment(_deployment(name).id)
+    server = _serve(env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until serve has (re)registered the deployment for this bucket
+            with contextlib.suppress(ObjectNotFound):
+                nightly = _deployment("describe-images-nightly")
+                if nightly.parameters.get("bucket") == watched:
+                    break
+            assert time.monotonic() < deadline and server.poll() is None, (
+                server.stdout.read() if server.stdout else "")
+            time.sleep(0.5)
+        assert nightly.schedules
+        first = run_deployment(f"{FLOW}/describe-images-nightly", timeout=0)
+        time.sleep(3)
+        second = run_deployment(f"{FLOW}/describe-images-nightly", timeout=0)
+        runs = [_wait_final(first.id), _wait_final(second.id)]
+        assert runs[0].state is not None and runs[0].state.is_completed()
+        assert runs[1].state is not None and runs[1].state.is_cancelled()
+        described = client.list_objects_v2(Bucket=watched, Prefix="descriptions/incoming/")
+        assert described["KeyCount"] == 4
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, output[-3000:]
+    assert TEST_KEY not in output
