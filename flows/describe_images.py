@@ -25,7 +25,6 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
-from pydantic import BaseModel
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import AuthenticationError, BudgetExhaustedError, IG1Error
@@ -270,16 +269,6 @@ def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credenti
     return header + result.text.strip() + "\n"
 
 
-class _Arguments(BaseModel):
-    bucket: str
-    prefix: str = ""
-    output_prefix: str = "descriptions/"
-    model: str | None = None
-    max_concurrency: int | None = None
-    concurrency_limit_name: str | None = None
-    max_image_side: int = 1024
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.describe_images --bucket ... [--prefix ...]``"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -290,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
     parser.add_argument("--max-image-side", type=int, default=1024)
-    arguments = _Arguments(**vars(parser.parse_args(argv)))
-    report = describe_s3_images(**arguments.model_dump())
+    report = describe_s3_images(**vars(parser.parse_args(argv)))
     print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return 0
 
