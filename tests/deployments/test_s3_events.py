@@ -1,0 +1,465 @@
+"""The S3 → Prefect events bridge: parsing offline, then moto's S3 + SQS and a real Prefect."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+from deployments import s3_events
+from deployments.s3_events import (
+    EVENT_NAME,
+    Bridge,
+    MalformedMessage,
+    S3ObjectEvent,
+    is_ignored,
+    parse_message,
+    to_prefect_event,
+)
+from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
+from sandbox.sample_images import sample_images
+from tests.deployments.conftest import Queue
+
+ROOT = Path(__file__).resolve().parents[2]
+TIME = "2026-03-01T12:34:56.789Z"
+ETAG = "9dd4e461268c8034f5c8564e155c67a6"
+
+
+def s3_record(key: str, *, bucket: str = "photos", event_name: str = "ObjectCreated:Put",
+              etag: str = ETAG, event_time: str = TIME, safe: str = "/") -> dict[str, Any]:
+    """One record as AWS documents it (notification-content-structure); AWS keeps ``/``,
+    moto encodes it too (``safe=""``)."""
+    return {
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": event_time, "eventName": event_name,
+        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "203.0.113.7"},
+        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810",
+                             "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/J"},
+        "s3": {
+            "s3SchemaVersion": "1.0", "configurationId": "images",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                       "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {"key": quote_plus(key, safe=safe), "size": 1024, "eTag": etag,
+                       "versionId": "096fKKXTRTtl3on89fVO.nfljtsv6qko",
+                       "sequencer": "0055AED6DCD90281E5"},
+        },
+    }
+
+
+def with_object(record: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    record["s3"]["object"].update(fields)
+    return record
+
+
+def s3_message(*records: dict[str, Any]) -> str:
+    return json.dumps({"Records": list(records)})
+
+
+def sns_wrapped(body: str) -> str:
+    return json.dumps({"Type": "Notification", "MessageId": str(uuid.uuid4()),
+                       "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
+                       "Subject": "Amazon S3 Notification", "Message": body,
+                       "Timestamp": TIME, "SignatureVersion": "1"})
+
+
+TEST_EVENT = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": TIME,
+                         "Bucket": "photos", "RequestId": "5582815E1AEA5ADF",
+                         "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+EXAMPLE"})
+TRICKY_KEYS = ["in/with space/été 2024.png", "in/plus+sign.png", "in/100%25 real%.png",
+               "in/ünïcødé/图片.png", "in/a%2Fb.png"]
+
+
+# --- parsing, offline ------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", TRICKY_KEYS)
+@pytest.mark.parametrize("safe", ["/", ""], ids=["aws", "moto"])
+def test_keys_are_decoded_as_s3_encodes_them(key: str, safe: str) -> None:
+    [obj] = parse_message(s3_message(s3_record(key, safe=safe)))
+    assert obj == S3ObjectEvent(bucket="photos", key=key, etag=ETAG, size=1024,
+                                event_time=TIME, event_name="ObjectCreated:Put")
+
+
+def test_test_event_sns_wrapping_several_records_and_other_events() -> None:
+    assert parse_message(TEST_EVENT) == []
+    assert parse_message(sns_wrapped(TEST_EVENT)) == []
+    body = s3_message(s3_record("in/a.png"),
+                      s3_record("in/old.png", event_name="ObjectRemoved:Delete"),
+                      s3_record("in/b.png", event_name="ObjectCreated:CompleteMultipartUpload"))
+    keys = [obj.key for obj in parse_message(body)]
+    assert keys == ["in/a.png", "in/b.png"]
+    assert parse_message(sns_wrapped(body)) == parse_message(body)
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"hello": 1}', "no Records"),
+    (json.dumps({"Type": "Notification", "Message": "{oops"}), "SNS Message is not JSON"),
+    (s3_message({"eventName": "ObjectCreated:Put"}), "lacks 's3'"),
+    (s3_message({**s3_record("k"), "eventTime": "yesterday"}), "eventTime"),
+    (s3_message({**s3_record("k"), "eventName": None}), "eventName"),
+    (s3_message(with_object(s3_record("k"), size="12")), "non-integer size"),
+    (s3_message(with_object(s3_record("k"), eTag="")), "no valid eTag"),
+])
+def test_malformed_bodies_say_why(body: str, why: str) -> None:
+    with pytest.raises(MalformedMessage, match=why):
+        parse_message(body)
+
+
+def test_events_carry_the_object_and_a_deterministic_id() -> None:
+    [obj] = parse_message(s3_message(s3_record("in/été 2024.png")))
+    event = to_prefect_event(obj)
+    assert event.event == EVENT_NAME
+    assert dict(event.resource.items()) == {
+        "prefect.resource.id": "s3://photos/in/été 2024.png",
+        "prefect.resource.name": "in/été 2024.png", "s3.bucket": "photos"}
+    assert event.payload == {"bucket": "photos", "key": "in/été 2024.png", "etag": ETAG,
+                             "size": 1024, "event_time": TIME, "event_name": "ObjectCreated:Put"}
+    assert event.occurred == datetime(2026, 3, 1, 12, 34, 56, 789000, tzinfo=timezone.utc)
+    assert event.id == uuid.uuid5(s3_events.EVENT_ID_NAMESPACE,
+                                  f"photos\nin/été 2024.png\n{ETAG}\n{TIME}")
+    assert to_prefect_event(parse_message(s3_message(s3_record("in/été 2024.png")))[0]) == event
+    others = [s3_record("in/été 2024.png", etag="0" * 32),
+              s3_record("in/été 2024.png", event_time="2026-03-01T12:34:57.000Z"),
+              s3_record("in/été 2024.png", bucket="other"), s3_record("in/été 2025.png")]
+    assert len({to_prefect_event(parse_message(s3_message(r))[0]).id for r in others}) == 4
+    assert Event.model_validate(event.model_dump(mode="json")) == event  # what we POST
+
+
+def test_ignored_prefixes() -> None:
+    assert is_ignored("descriptions/in/a.png.json", ["descriptions/"])
+    assert not is_ignored("in/descriptions/a.png", ["descriptions/"])
+    assert not is_ignored("in/a.png", [])
+
+
+# --- moto (S3 + SQS) and the session's Prefect server -----------------------------------
+
+def put_images(local_s3: LocalS3, bucket: str, count: int, prefix: str = "incoming/"
+               ) -> list[str]:
+    client, keys = local_s3.client(), []
+    for index, (name, data) in enumerate((sample_images() * 2)[:count]):
+        key = f"{prefix}{index} {name}"  # a space: S3 sends it as "+"
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+        keys.append(key)
+    return keys
+
+
+def messages_in(sqs: Any, queue_url: str) -> int:
+    """Visible + in flight: what is still in the queue."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
+    return sum(int(attributes["Attributes"][name]) for name in names)
+
+
+def stored_events(resource_prefix: str) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(
+            event=EventNameFilter(name=[EVENT_NAME]),
+            resource=EventResourceFilter(id_prefix=[resource_prefix])), limit=50)  # the API's max
+    return list(page.events)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def make_bridge(sqs: Any, api_url: str) -> Iterator[Callable[..., Bridge]]:
+    bridges: list[Bridge] = []
+
+    def make(queue: Queue, api: str = api_url, ignore: tuple[str, ...] = ("descriptions/",)
+             ) -> Bridge:
+        bridges.append(Bridge(sqs, queue.url, api, ignore, wait_seconds=0))
+        return bridges[-1]
+
+    yield make
+    for bridge in bridges:
+        bridge.close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api"
+
+
+def test_uploads_become_prefect_events_and_messages_are_deleted(
+        local_s3: LocalS3, sqs: Any, queue: Queue, notified_bucket: str,
+        make_bridge: Callable[..., Bridge]) -> None:
+    keys = put_images(local_s3, notified_bucket, 5)
+    local_s3.client().put_object(Bucket=notified_bucket, Key="descriptions/x.json", Body=b"{}")
+    result = make_bridge(queue).poll_once()
+    assert (result.received, result.posted, result.malformed, result.kept) == (7, 5, 0, 0)
+    assert result.skipped == 2 and not result.delivery_failed  # the TestEvent, our own output
+    assert messages_in(sqs, queue.url) == 0
+    prefix = f"s3://{notified_bucket}/"
+    events = wait_for(lambda: len(stored_events(prefix)) >= 5 and stored_events(prefix),
+                      what="events in Prefect")
+    assert sorted(e.resource.id for e in events) == sorted(prefix + key for key in keys)
+    s3 = local_s3.client()
+    for event in events:
+        key = event.payload["key"]
+        assert event.payload["etag"] == s3.head_object(Bucket=notified_bucket,
+                                                       Key=key)["ETag"].strip('"')
+        assert event.resource["s3.bucket"] == notified_bucket and event.payload["size"] > 0
+
+
+def test_a_redelivered_message_is_one_event(
+        local_s3: LocalS3, sqs: Any, queue: Queue, bucket: str,
+        make_bridge: Callable[..., Bridge]) -> None:
+    twice = s3_message(s3_record("in/twice.png", bucket=bucket, event_time=now()))
+    for body in (twice, twice, s3_message(s3_record("in/marker.png", bucket=bucket,
+                                                    event_time=now()))):
+        sqs.send_message(QueueUrl=queue.url, MessageBody=body)
+    result = make_bridge(queue).poll_once()
+    assert (result.received, result.posted, result.kept) == (3, 3, 0)  # Prefect said 2xx
+    prefix = f"s3://{bucket}/"
+    wait_for(lambda: any(e.resource.id.endswith("marker.png") for e in stored_events(prefix)),
+             what="the marker event, posted after both copies")
+    ids = sorted(e.resource.id for e in stored_events(prefix))
+    assert ids == [f"{prefix}in/marker.png", f"{prefix}in/twice.png"]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_prefect_down_keeps_every_message(
+        sqs: Any, make_queue: Callable[..., Queue], bucket: str,
+        make_bridge: Callable[..., Bridge], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    queue = make_queue(visibility_timeout=1)
+    for index in range(3):
+        sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+            s3_record(f"in/{index}.png", bucket=bucket, event_time=now())))
+    down = make_bridge(queue, api=closed_port_url())
+    result = down.poll_once()
+    assert (result.received, result.posted, result.kept) == (3, 0, 3) and result.delivery_failed
+    assert "kept for redelivery" in caplog.text
+    assert messages_in(sqs, queue.url) == 3
+    time.sleep(1.2)  # visibility timeout: the messages come back...
+    down.run(threading.Event(), once=True)  # ...the loop fails again without raising...
+    assert messages_in(sqs, queue.url) == 3
+    time.sleep(1.2)
+    result = make_bridge(queue).poll_once()  # ...and they are delivered once Prefect is up
+    assert (result.received, result.posted, result.kept) == (3, 3, 0)
+    assert messages_in(sqs, queue.url) == 0
+
+
+class ScriptedBridge(Bridge):
+    """The run loop over scripted batches: True = delivery failed, an exception = SQS failed."""
+
+    def __init__(self, script: list[bool | Exception]) -> None:  # no queue, no HTTP
+        self.script = script
+
+    def poll_once(self) -> s3_events.BatchResult:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return s3_events.BatchResult(received=1, kept=int(step), delivery_failed=step)
+
+
+def run_until_script_ends(bridge: ScriptedBridge, monkeypatch: pytest.MonkeyPatch
+                          ) -> list[float]:
+    delays: list[float] = []
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", delays.append)
+    monkeypatch.setattr(stop, "is_set", lambda: not bridge.script)
+    bridge.run(stop)
+    return delays
+
+
+def test_the_loop_backs_off_exponentially_capped_and_resets_on_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script: list[bool | Exception] = [True, True, True, False, False, True]
+    assert run_until_script_ends(ScriptedBridge(script), monkeypatch) == [1, 2, 4, 1]
+    script = [ConnectionError("SQS unreachable")] * 9
+    assert run_until_script_ends(ScriptedBridge(script), monkeypatch) == [
+        1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_a_malformed_message_is_logged_and_dropped_without_a_dlq(
+        sqs: Any, queue: Queue, bucket: str, make_bridge: Callable[..., Bridge],
+        caplog: pytest.LogCaptureFixture) -> None:
+    bad = sqs.send_message(QueueUrl=queue.url, MessageBody="<xml>not json</xml>")["MessageId"]
+    sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+        s3_record("in/ok.png", bucket=bucket, event_time=now())))
+    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    result = make_bridge(queue).poll_once()
+    assert (result.received, result.posted, result.malformed, result.kept) == (2, 1, 1, 0)
+    assert f"SQS message {bad} is malformed (body is not JSON): deleted" in caplog.text
+    assert messages_in(sqs, queue.url) == 0
+
+
+def test_a_malformed_message_goes_to_the_dlq_when_there_is_one(
+        sqs: Any, make_queue: Callable[..., Queue], make_bridge: Callable[..., Bridge],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    queue = make_queue(visibility_timeout=1, dlq_after=1)
+    bad = sqs.send_message(QueueUrl=queue.url, MessageBody='{"Records": "nope"}')["MessageId"]
+    bridge = make_bridge(queue)
+    assert bridge.has_dead_letter_queue
+    result = bridge.poll_once()
+    assert (result.received, result.malformed, result.kept) == (1, 1, 1)
+    assert f"SQS message {bad} is malformed (no Records list): kept for the dead-letter" \
+        in caplog.text
+    time.sleep(1.2)
+    assert bridge.poll_once().received == 0  # past maxReceiveCount: SQS moved it aside
+    moved = sqs.receive_message(QueueUrl=queue.dlq_url, WaitTimeSeconds=0)["Messages"]
+    assert [m["MessageId"] for m in moved] == [bad]
+
+
+def bridge_command(queue: Queue, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "deployments.s3_events", "--queue-url", queue.url,
+            "--ignore-prefix", "descriptions/", *extra]
+
+
+def bridge_env(local_s3: LocalS3, api_url: str) -> dict[str, str]:
+    return {**os.environ, **local_s3.env(), "PREFECT_API_URL": api_url}
+
+
+def test_cli_once_delivers_one_batch(local_s3: LocalS3, sqs: Any, queue: Queue,
+                                     notified_bucket: str, api_url: str) -> None:
+    put_images(local_s3, notified_bucket, 2)
+    done = subprocess.run(bridge_command(queue, "--once", "--wait-seconds", "0"), cwd=ROOT,
+                          env=bridge_env(local_s3, api_url), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert messages_in(sqs, queue.url) == 0
+    wait_for(lambda: len(stored_events(f"s3://{notified_bucket}/")) == 2, what="2 events")
+
+
+def test_cli_stops_cleanly_on_sigterm(local_s3: LocalS3, queue: Queue, api_url: str) -> None:
+    bridge = subprocess.Popen(bridge_command(queue, "--wait-seconds", "1"), cwd=ROOT,
+                              env=bridge_env(local_s3, api_url), stderr=subprocess.PIPE,
+                              text=True)
+    lines: list[str] = []
+    stderr = bridge.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:  # signal handlers are installed before the "bridging" line
+        wait_for(lambda: any("bridging" in line for line in lines) or bridge.poll() is not None,
+                 timeout=60, what="the bridge to start")
+        assert bridge.poll() is None, "".join(lines)
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(timeout=15) == 0, "".join(lines)
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+            bridge.wait()
+        reader.join(timeout=5)
+    assert any("stopped after the current batch" in line for line in lines), "".join(lines)
+
+
+# --- end to end: upload → bridge → trigger → one run of describe_s3_images --------------
+
+SERVE_WITH_TRIGGER = """
+import signal, sys
+from prefect import serve
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from flows.describe_images import describe_s3_images
+
+bucket, name = sys.argv[1:3]
+trigger = DeploymentEventTrigger(**{
+    "type": "event", "match": {"prefect.resource.id": f"s3://{bucket}/incoming/*"},
+    "expect": ["ig1.s3.object.created"], "posture": "Reactive", "threshold": 1, "within": 10,
+    "parameters": {"bucket": "{{ event.payload.bucket }}", "prefix": "incoming/"}})
+
+def stop(signum, frame):
+    raise KeyboardInterrupt  # serve() shuts its runner down on this
+
+signal.signal(signal.SIGTERM, stop)
+try:
+    serve(describe_s3_images.to_deployment(name=name, triggers=[trigger]))
+except KeyboardInterrupt:
+    pass
+"""
+
+
+@pytest.fixture
+def served_deployment(local_s3: LocalS3, notified_bucket: str, ig1_env: EmulatorServer,
+                      api_url: str) -> Iterator[uuid.UUID]:
+    """``describe_s3_images`` served with an S3-event trigger on ``incoming/``; its id."""
+    name = f"on-upload-{uuid.uuid4().hex[:8]}"
+    env = {**bridge_env(local_s3, api_url), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    server = subprocess.Popen([sys.executable, "-c", SERVE_WITH_TRIGGER, notified_bucket, name],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            def ready() -> uuid.UUID | None:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                if not client.read_automations_by_name(f"{name}__automation_1"):
+                    return None
+                return client.read_deployment_by_name(f"describe-s3-images/{name}").id
+            yield wait_for(ready, timeout=40, what="the served deployment and its automation")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)  # the group holds only this serve and its runs
+            server.wait()
+
+
+def runs_of(deployment_id: uuid.UUID) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def test_a_burst_of_uploads_triggers_one_run_that_describes_them_all(
+        local_s3: LocalS3, sqs: Any, queue: Queue, notified_bucket: str,
+        served_deployment: uuid.UUID, make_bridge: Callable[..., Bridge]) -> None:
+    keys = put_images(local_s3, notified_bucket, 6)
+    bridge = make_bridge(queue)
+    posted_at = time.monotonic()
+    assert bridge.poll_once().posted == 6
+
+    def finished() -> FlowRun | None:
+        runs = runs_of(served_deployment)
+        done = [run for run in runs if run.state is not None and run.state.is_final()]
+        return done[0] if done else None
+
+    run = wait_for(finished, timeout=50, what="the triggered run to finish")
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.parameters == {"bucket": notified_bucket, "prefix": "incoming/"}
+    time.sleep(max(0.0, posted_at + 11 - time.monotonic()))  # past the trigger's window
+    assert len(runs_of(served_deployment)) == 1  # 6 events, one run
+    described = local_s3.client().list_objects_v2(Bucket=notified_bucket,
+                                                  Prefix="descriptions/incoming/")
+    assert sorted(obj["Key"] for obj in described["Contents"]) == sorted(
+        f"descriptions/{key}.json" for key in keys)
+    # the run's own outputs notified the queue too: skipped, so the job never triggers itself
+    again = bridge.poll_once()
+    assert again.received > 0 and again.posted == 0 and again.skipped == again.received
