@@ -28,6 +28,7 @@ from pydantic import SecretStr  # noqa: E402
 
 from blocks import IG1Credentials  # noqa: E402
 from sandbox.emulator import EmulatorServer  # noqa: E402
+from sandbox.local_s3 import LocalS3  # noqa: E402
 
 TEST_KEY = "sk-test-0123456789abcdef-SECRET"
 
@@ -74,3 +75,10 @@ def ig1_env(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Emulat
     monkeypatch.setenv("IG1AI_API_KEY", TEST_KEY)
     monkeypatch.setenv("IG1AI_BASE_URL", emulator.base_url)
     return emulator
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3]:
+    """moto's S3 (and SQS) server on 127.0.0.1 for the whole session; buckets are per test."""
+    with LocalS3() as server:
+        yield server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +16,6 @@ import boto3
 import pytest
 
 from sandbox.local_s3 import ACCESS_KEY, REGION, SECRET_KEY, LocalS3
-
-
-@pytest.fixture(scope="session")
-def local_s3() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        yield server
 
 
 @pytest.fixture

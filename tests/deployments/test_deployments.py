@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,12 +80,6 @@ def test_prefect_deploy_all_registers_them(watched: str) -> None:
     assert automations and automations[0].actions[0].deployment_id == on_upload.id  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        yield server
-
-
 def _serve(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -106,13 +99,13 @@ def _wait_final(flow_run_id: uuid.UUID, timeout: float = 90) -> FlowRun:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
-        watched: str, moto: LocalS3, emulator: EmulatorServer) -> None:
-    client = moto.client()
+        watched: str, local_s3: LocalS3, emulator: EmulatorServer) -> None:
+    client = local_s3.client()
     client.create_bucket(Bucket=watched)
     for name, data in sample_images()[:4]:
         client.put_object(Bucket=watched, Key=f"incoming/{name}", Body=data)
     emulator.configure(latency=1.0)  # keeps the first run busy while the second is due
-    env = {**os.environ, **moto.env(), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    env = {**os.environ, **local_s3.env(), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
            "IG1AI_API_KEY": TEST_KEY, "IG1AI_BASE_URL": emulator.base_url,
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     with get_client(sync_client=True) as prefect:  # forget `prefect deploy`'s versions

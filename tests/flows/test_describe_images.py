@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,12 +39,6 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 GOOD = sample_images()
 TRICKY_KEYS = ["with space/été 2024.png", "plus+sign.png", "100%25 real%.png",
                "a/b/c/d/e/f/deep.png", "ünïcødé/图片.png"]
-
-
-@pytest.fixture(scope="session")
-def local_s3() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        yield server
 
 
 @pytest.fixture
