@@ -17,10 +17,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -124,7 +127,7 @@ def describe_s3_images(
     summary_started = time.monotonic()
     if stop is None:
         summary = _summarise(manifest, profile, credentials, summary_prompt,
-                             summary_chunk_chars, concurrency, report)
+                             summary_chunk_chars, concurrency, report, concurrency_limit_name)
     else:  # every further call would fail the same way: send nothing more
         summary = (f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
                    f"_No summary: the run stopped on {type(stop).__name__}._\n")
@@ -240,8 +243,20 @@ def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[I
         yield result
 
 
+@task(name="summarize-chunk", cache_policy=NO_CACHE, persist_result=False)
+def _summarize_chunk(chunk: str, profile: ResponsesModel, credentials: IG1Credentials,
+                     instructions: str, limit_name: str | None) -> str:
+    """One summary call, holding one slot of the global limit like each description does."""
+    slot = concurrency(limit_name, occupy=1, strict=True) if limit_name else nullcontext()
+    with slot:
+        response = create_response(chunk, model=profile, credentials=credentials,
+                                   instructions=instructions)
+    return response.output_text
+
+
 def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credentials,
-               summary_prompt: str, chunk_chars: int, parallel: int, report: RunReport) -> str:
+               summary_prompt: str, chunk_chars: int, parallel: int, report: RunReport,
+               limit_name: str | None = None) -> str:
     """The run's summary in Markdown, from this run's descriptions (map-reduce)."""
 
     def lines() -> Iterator[str]:
@@ -252,9 +267,9 @@ def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credenti
                     yield f"- {item['key']}: {' '.join(item['text'].split())}"
 
     def summarize(chunks: list[str]) -> list[str]:
-        futures = [create_response.submit(chunk, model=profile, credentials=credentials,
-                                          instructions=summary_prompt) for chunk in chunks]
-        return [future.result().output_text for future in futures]
+        futures = [_summarize_chunk.submit(chunk, profile, credentials, summary_prompt,
+                                           limit_name) for chunk in chunks]
+        return [future.result() for future in futures]
 
     header = f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
     try:
