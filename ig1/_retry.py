@@ -40,8 +40,10 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
-    if parsed is None:
+        pass
+    try:  # an HTTP date; a garbled header is no hint, not an error
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
     return max(0.0, parsed.timestamp() - time.time())
 

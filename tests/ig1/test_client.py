@@ -319,3 +319,17 @@ def test_async_client_shapes_stream_and_retries(emulator: EmulatorServer) -> Non
 
     asyncio.run(scenario())
     assert emulator.stats.requests == 2 + 3 + 1 + 1  # plain+stream, 2 faults+ok, 401, parsed
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"retry-after": "3"}, 3.0),
+    ({"retry-after": "0.25", "retry-after-ms": "oops"}, 0.25),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a past date: no wait
+    ({"retry-after": "soon"}, None),
+    ({}, None),
+])
+def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    from ig1 import parse_retry_after
+
+    assert parse_retry_after(headers) == expected
