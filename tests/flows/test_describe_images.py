@@ -355,7 +355,9 @@ def test_fail_on_item_errors(env: EmulatorServer, local_s3: LocalS3, bucket: str
 def test_command_line(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    put(local_s3, bucket, GOOD[:2], prefix="cli/")
+    # Images no other test sends with the default prompt (the cache is session-wide).
+    put(local_s3, bucket, [("a.png", _solid_png(7001)), ("b.png", _solid_png(7002))],
+        prefix="cli/")
     done = subprocess.run(
         [sys.executable, "-m", "flows.describe_images", "--bucket", bucket, "--prefix", "cli/"],
         env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
