@@ -96,15 +96,16 @@ class ResponseCache:
         return cls(store, expiration=task.cache_expiration)
 
     def get(self, key: str) -> Response | None:
-        """The cached response, or None when absent, expired or unreadable."""
+        """The cached response, or None when absent, expired or unreadable (one read)."""
         try:
-            if not self.store.exists(key):
-                return None
-            value = self.store.read(key).result
-        except Exception as exc:  # a corrupt record is a miss, not a failed job
-            logger.warning("IG1 cache record %s unreadable (%s): treating as a miss",
-                           key, type(exc).__name__)
+            record = self.store.read(key)
+        except Exception as exc:  # absent (each storage says so its own way) or corrupt
+            logger.debug("IG1 cache miss for %s (%s)", key, type(exc).__name__)
             return None
+        expiration = record.metadata.expiration
+        if expiration is not None and expiration <= datetime.now(timezone.utc):
+            return None
+        value = record.result
         return value if isinstance(value, Response) else None
 
     def put(self, key: str, response: Response) -> None:

@@ -83,3 +83,29 @@ def test_the_api_key_is_not_in_the_key_and_does_not_change_it() -> None:
     a = prepare_call("x", model=PROFILE, credentials=one).cache_key
     assert a == prepare_call("x", model=PROFILE, credentials=two).cache_key
     assert "secret" not in a
+
+
+def test_response_cache_round_trip_and_expiry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+    from datetime import timedelta
+
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    from ig1 import Response
+    from tasks import ResponseCache
+
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path)))
+    answer = Response.model_validate({"id": "r1", "output_text": "hello", "output": []})
+    lasting = ResponseCache(store, expiration=timedelta(days=1))
+    assert lasting.get("absent-key") is None
+    lasting.put("k1", answer)
+    assert lasting.get("k1") == answer
+    fleeting = ResponseCache(ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path)),
+                                         cache_result_in_memory=False),
+                             expiration=timedelta(milliseconds=1))
+    fleeting.put("k2", answer)
+    time.sleep(0.01)
+    assert fleeting.get("k2") is None
+    (tmp_path / "corrupt").write_bytes(b"not a record")
+    assert lasting.get("corrupt") is None
