@@ -17,13 +17,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -37,6 +35,7 @@ from tasks.s3 import (
     is_image_key,
     list_keys,
     list_objects,
+    record_key,
     s3_client,
     upload_file,
     write_json,
@@ -51,6 +50,7 @@ from .window import (
     DescribeSettings,
     ItemResult,
     describe_window,
+    global_slot,
     release_run_control,
     run_control,
 )
@@ -129,8 +129,8 @@ def describe_s3_images(
         summary = _summarise(manifest, profile, credentials, summary_prompt,
                              summary_chunk_chars, concurrency, report, concurrency_limit_name)
     else:  # every further call would fail the same way: send nothing more
-        summary = (f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
-                   f"_No summary: the run stopped on {type(stop).__name__}._\n")
+        summary = (_summary_header(report)
+                   + f"_No summary: the run stopped on {type(stop).__name__}._\n")
     report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
     report.timings["total_s"] = round(time.monotonic() - started, 3)
     if stop is not None:
@@ -202,7 +202,7 @@ def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
             report.skip("not_an_image_extension")
         else:
             yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
-                            has_record=f"{settings.output_prefix}{obj.key}.json" in records)
+                            has_record=record_key(settings.output_prefix, obj.key) in records)
 
 
 def _windows(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
@@ -247,11 +247,14 @@ def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[I
 def _summarize_chunk(chunk: str, profile: ResponsesModel, credentials: IG1Credentials,
                      instructions: str, limit_name: str | None) -> str:
     """One summary call, holding one slot of the global limit like each description does."""
-    slot = concurrency(limit_name, occupy=1, strict=True) if limit_name else nullcontext()
-    with slot:
+    with global_slot(limit_name):
         response = create_response(chunk, model=profile, credentials=credentials,
                                    instructions=instructions)
     return response.output_text
+
+
+def _summary_header(report: RunReport) -> str:
+    return f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
 
 
 def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credentials,
@@ -271,7 +274,7 @@ def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credenti
                                            limit_name) for chunk in chunks]
         return [future.result() for future in futures]
 
-    header = f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
+    header = _summary_header(report)
     try:
         result = map_reduce_summary(lines(), summarize=summarize, chunk_chars=chunk_chars,
                                     parallel=parallel)

@@ -81,9 +81,7 @@ class ImageRecord(BaseModel):
                    request_id=response.request_id, status=response.status, **fields)
 
     @classmethod
-    def failed(cls, *, error: BaseException | RecordError, **fields: Any) -> ImageRecord:
-        if not isinstance(error, RecordError):
-            error = RecordError.from_exception(error)
+    def failed(cls, *, error: RecordError, **fields: Any) -> ImageRecord:
         return cls(error=error, **fields)
 
 

@@ -32,7 +32,14 @@ from tasks.s3 import ObjectTooLarge, read_bytes, read_json, record_key, s3_clien
 
 from .records import ImageRecord, ItemStatus, RecordError, is_run_stopping, needs_description
 
-__all__ = ["Candidate", "DescribeSettings", "ItemResult", "RunControl", "describe_window"]
+__all__ = [
+    "Candidate",
+    "DescribeSettings",
+    "ItemResult",
+    "RunControl",
+    "describe_window",
+    "global_slot",
+]
 
 
 class Candidate(BaseModel):
@@ -125,6 +132,11 @@ class RunControl:
         self.preparers.shutdown(wait=True)
 
 
+def global_slot(limit_name: str | None) -> AbstractContextManager[Any]:
+    """One slot of the Prefect global concurrency limit shared by all runs, if one is named."""
+    return concurrency(limit_name, occupy=1, strict=True) if limit_name else nullcontext()
+
+
 _controls: dict[str, RunControl] = {}
 _controls_lock = threading.Lock()
 
@@ -193,13 +205,13 @@ class _ItemWork:
         except (ImageRejected, ObjectTooLarge) as exc:
             error = RecordError(type=getattr(exc, "reason", "too_large"),
                                 message=str(getattr(exc, "message", exc)))
-            return self._write_failure(candidate, base, error)
+            return self._write_failure(candidate, where, base, error)
         except _NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
         except Exception as exc:
             if is_run_stopping(exc):
                 self.control.stop(exc)
-            return self._write_failure(candidate, base, RecordError.from_exception(exc))
+            return self._write_failure(candidate, where, base, RecordError.from_exception(exc))
         record = ImageRecord.described(response=response, cached=cached, **base, **sent)
         write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
         usage = response.usage
@@ -238,20 +250,15 @@ class _ItemWork:
         return self.control.once(key, pay)
 
     def _send(self, call: PreparedCall) -> Response:
-        with self.control.calls, self._global_slot():
+        with self.control.calls, global_slot(self.settings.concurrency_limit_name):
             if self.control.stop_reason is not None:
                 raise _NotAttempted
             with self.control._lock:
                 self.control.requests_sent += 1
             return call.credentials.get_client().send(call.request)
 
-    def _global_slot(self) -> AbstractContextManager[Any]:
-        name = self.settings.concurrency_limit_name
-        return concurrency(name, occupy=1, strict=True) if name else nullcontext()
-
-    def _write_failure(self, candidate: Candidate, base: dict[str, Any],
+    def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
                        error: RecordError) -> ItemResult:
         record = ImageRecord.failed(error=error, **base)
-        where = record_key(self.settings.output_prefix, candidate.key)
         write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
         return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error)
