@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check clean
+.PHONY: demo test bench lint check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)  ## the main job end to end on embedded defaults (no key, no clou
 
 test: $(STAMP)  ## the whole test suite, offline
 	$(PY) -m pytest
+
+bench: $(STAMP)  ## the benchmark suite: a table of medians (~10 min; ARGS=--write-results)
+	$(PY) -m benchmarks.suite $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

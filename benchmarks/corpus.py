@@ -1,0 +1,55 @@
+"""Images for the benchmarks, unique per key so no two share a cache entry."""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+
+from PIL import Image, ImageDraw
+
+from sandbox.sample_images import _scene
+
+__all__ = ["large_png", "photo", "small_image"]
+
+
+def small_image(key: str) -> bytes:
+    """A 64x48 PNG of noise seeded by ``key``: distinct even after re-encoding."""
+    buffer = io.BytesIO()
+    Image.frombytes("L", (64, 48), random.Random(key).randbytes(64 * 48)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@functools.cache
+def _base_scene(width: int, height: int) -> Image.Image:
+    return _scene(width, height, seed=42)
+
+
+@functools.cache
+def _grain(width: int, height: int) -> Image.Image:
+    return Image.merge("RGB", [Image.effect_noise((width, height), 40) for _ in range(3)])
+
+
+def _marked(key: str, width: int, height: int) -> Image.Image:
+    """The shared scene with sensor-like grain (so it compresses like a photo, not like a
+    gradient) and a mark of its own, so each picture's bytes and pixels differ."""
+    image = Image.blend(_base_scene(width, height), _grain(width, height), 0.2)
+    rng = random.Random(key)
+    x, y = rng.randrange(width - 200), rng.randrange(height - 200)
+    ImageDraw.Draw(image).rectangle((x, y, x + 199, y + 199), fill=(
+        rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    return image
+
+
+def photo(key: str) -> bytes:
+    """A 12 MP (4000x3000) JPEG at quality 90, as a phone camera would write it."""
+    buffer = io.BytesIO()
+    _marked(key, 4000, 3000).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def large_png(key: str) -> bytes:
+    """A 3000x2000 RGB PNG, like an exported screenshot or scan."""
+    buffer = io.BytesIO()
+    _marked(key, 3000, 2000).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
