@@ -33,7 +33,6 @@ from tasks import create_response, resolve_model
 from tasks.s3 import (
     ensure_bucket_exists,
     is_image_key,
-    list_keys,
     list_objects,
     record_key,
     s3_client,
@@ -42,6 +41,7 @@ from tasks.s3 import (
     write_text,
 )
 
+from .record_index import IndexEntry, entry_for, is_settled, load_index, save_index
 from .records import ItemStatus
 from .reporting import RunReport, publish_artifacts
 from .summary import DEFAULT_SUMMARY_PROMPT, map_reduce_summary
@@ -114,10 +114,17 @@ def describe_s3_images(
 
     workdir = Path(tempfile.mkdtemp(prefix="ig1-run-"))
     manifest = workdir / "manifest.jsonl"
+    index = load_index(s3, bucket, output_prefix)
+    learnt: dict[str, IndexEntry] = {}
     try:
         with manifest.open("w", encoding="utf-8") as lines:
-            for result in _describe_all(s3, settings, report, window_size, lines):
+            for result in _describe_all(s3, settings, report, window_size, lines, index):
                 report.count(result)
+                entry = entry_for(result)
+                if entry is not None and index.get(result.key) != entry:
+                    learnt[result.key] = entry
+        if learnt:
+            save_index(s3, bucket, output_prefix, {**index, **learnt})
         report.timings["describe_s"] = round(time.monotonic() - started, 3)
         report.requests = run_control(settings).requests_sent
         stop = run_control(settings).stop_reason
@@ -189,9 +196,10 @@ def _concurrency_from_usage(credentials: IG1Credentials) -> int:
 
 def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
                 report: RunReport) -> Iterator[Candidate]:
-    """Listed images, with whether a record exists; skipped keys are counted, not hidden."""
-    records = {key for key in list_keys(s3, settings.bucket, settings.output_prefix)
-               if key.endswith(".json")}
+    """Listed images, with their record's ETag if any; skipped keys are counted, not hidden."""
+    records = {obj.key: obj.etag for obj in list_objects(s3, settings.bucket,
+                                                          settings.output_prefix)
+               if obj.key.endswith(".json")}
     for obj in list_objects(s3, settings.bucket, prefix):
         report.listed += 1
         if obj.key.startswith(settings.output_prefix):
@@ -202,12 +210,17 @@ def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
             report.skip("not_an_image_extension")
         else:
             yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
-                            has_record=record_key(settings.output_prefix, obj.key) in records)
+                            record_etag=records.get(record_key(settings.output_prefix, obj.key)))
 
 
-def _windows(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int
+             ) -> Iterator[list[Candidate] | ItemResult]:
+    """Windows of candidates to describe; images the index proves current come out alone."""
     window: list[Candidate] = []
     for candidate in candidates:
+        if is_settled(candidate, index):
+            yield ItemResult(key=candidate.key, status=ItemStatus.unchanged)
+            continue
         window.append(candidate)
         if len(window) == size:
             yield window
@@ -217,13 +230,16 @@ def _windows(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candid
 
 
 def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window_size: int,
-                  manifest: Any) -> Iterator[ItemResult]:
+                  manifest: Any, index: dict[str, IndexEntry]) -> Iterator[ItemResult]:
     """Submit windows with a bounded number in flight; stream results to the manifest."""
     in_flight_windows = max(2, math.ceil(2 * settings.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
-    windows = _windows(_candidates(s3, settings, report.prefix, report), window_size)
+    windows = _windows(_candidates(s3, settings, report.prefix, report), index, window_size)
     control = run_control(settings)
     for window in windows:
+        if isinstance(window, ItemResult):
+            yield window
+            continue
         if control.stop_reason is not None:
             yield from (ItemResult(key=c.key, status=ItemStatus.not_attempted) for c in window)
             continue

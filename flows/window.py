@@ -48,7 +48,8 @@ class Candidate(BaseModel):
     key: str
     etag: str
     size: int
-    has_record: bool
+    record_etag: str | None = None
+    """The ETag of its record as listed, if it has one."""
 
 
 class DescribeSettings(BaseModel):
@@ -82,6 +83,9 @@ class ItemResult(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     sent_bytes: int | None = None
+    etag: str | None = None
+    """The source's ETag, and the ETag of the record read or written for it (the index's)."""
+    record_etag: str | None = None
 
 
 @dataclass
@@ -185,9 +189,10 @@ class _ItemWork:
         if self.control.stop_reason is not None:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
         where = record_key(self.settings.output_prefix, candidate.key)
-        if candidate.has_record and not needs_description(
+        if candidate.record_etag is not None and not needs_description(
                 read_json(self.s3, self.settings.bucket, where), candidate.etag):
-            return ItemResult(key=candidate.key, status=ItemStatus.unchanged)
+            return ItemResult(key=candidate.key, status=ItemStatus.unchanged,
+                              etag=candidate.etag, record_etag=candidate.record_etag)
         base = {"source_key": candidate.key, "source_etag": candidate.etag,
                 "model": self.settings.profile.model, "flow_run": self.settings.run_id,
                 "source_bytes": candidate.size}
@@ -213,11 +218,13 @@ class _ItemWork:
                 self.control.stop(exc)
             return self._write_failure(candidate, where, base, RecordError.from_exception(exc))
         record = ImageRecord.described(response=response, cached=cached, **base, **sent)
-        write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
+        record_etag = write_json(self.s3, self.settings.bucket, where,
+                                 record.model_dump(mode="json"))
         usage = response.usage
         return ItemResult(
             key=candidate.key, status=ItemStatus.cached if cached else ItemStatus.described,
             text=response.output_text, sent_bytes=len(prepared.data),
+            etag=candidate.etag, record_etag=record_etag,
             input_tokens=0 if cached or not usage else usage.input_tokens,
             output_tokens=0 if cached or not usage else usage.output_tokens)
 
@@ -260,5 +267,7 @@ class _ItemWork:
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
                        error: RecordError) -> ItemResult:
         record = ImageRecord.failed(error=error, **base)
-        write_json(self.s3, self.settings.bucket, where, record.model_dump(mode="json"))
-        return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error)
+        record_etag = write_json(self.s3, self.settings.bucket, where,
+                                 record.model_dump(mode="json"))
+        return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error,
+                          etag=candidate.etag, record_etag=record_etag)

@@ -48,6 +48,7 @@ __all__ = [
     "list_keys",
     "list_objects",
     "read_bytes",
+    "read_if_exists",
     "read_json",
     "record_key",
     "s3_client",
@@ -222,22 +223,32 @@ def read_json(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     A missing bucket or denied access still raises: only a missing key means "no record".
     Invalid JSON, or JSON that is not an object, raises ValueError.
     """
-    try:
-        data, _ = read_bytes(client, bucket, key)
-    except ClientError as error:
-        if _error_code(error) in _MISSING_KEY_CODES:
-            return None
-        raise
+    data = read_if_exists(client, bucket, key)
+    if data is None:
+        return None
     document = json.loads(data.decode("utf-8"))
     if not isinstance(document, dict):
         raise ValueError(f"s3://{bucket}/{key} holds JSON that is not an object")
     return document
 
 
-def write_json(client: S3Client, bucket: str, key: str, document: dict[str, Any]) -> None:
-    """Store a record as UTF-8 JSON (RFC 8259: no charset parameter); accents stay readable."""
+def read_if_exists(client: S3Client, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when the key does not exist (bucket errors still raise)."""
+    try:
+        data, _ = read_bytes(client, bucket, key)
+    except ClientError as error:
+        if _error_code(error) in _MISSING_KEY_CODES:
+            return None
+        raise
+    return data
+
+
+def write_json(client: S3Client, bucket: str, key: str, document: dict[str, Any]) -> str:
+    """Store a record as UTF-8 JSON (RFC 8259: no charset parameter); returns its ETag."""
     body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    written = client.put_object(Bucket=bucket, Key=key, Body=body,
+                                ContentType="application/json")
+    return written["ETag"].strip('"')
 
 
 def write_text(

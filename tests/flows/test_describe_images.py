@@ -156,6 +156,68 @@ def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
     assert report.counts == {"unchanged": 5} and report.requests == 0
 
 
+@pytest.fixture
+def record_reads(env: EmulatorServer) -> list[str]:
+    """Keys the flow's S3 client GETs (it is one client per process and AWS environment)."""
+    from tasks.s3 import s3_client
+
+    keys: list[str] = []
+
+    def seen(params: dict[str, Any], **_: Any) -> None:
+        keys.append(params["Key"])
+
+    events = s3_client().meta.events
+    events.register("provide-client-params.s3.GetObject", seen, unique_id="record-reads")
+    yield keys
+    events.unregister("provide-client-params.s3.GetObject", unique_id="record-reads")
+
+
+def test_rerun_reads_no_record_thanks_to_the_index(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str]) -> None:
+    put(local_s3, bucket, GOOD[:4] + broken_images()[:1])
+    describe(bucket, prefix="in/")
+    record_reads.clear()
+    report = describe(bucket, prefix="in/")
+    assert report.counts == {"unchanged": 5}
+    assert record_reads == ["descriptions/_state/record-index.jsonl.gz"]
+
+
+def test_a_record_rewritten_behind_the_index_is_read_again(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str]) -> None:
+    put(local_s3, bucket, GOOD[:2])
+    describe(bucket, prefix="in/")
+    key = f"in/{GOOD[0][0]}"
+    doc = record(local_s3, bucket, key)
+    doc.update(text=None, error={"type": "ServerError", "message": "503", "retryable": True})
+    local_s3.client().put_object(Bucket=bucket, Key=f"descriptions/{key}.json",
+                                 Body=json.dumps(doc).encode())
+    record_reads.clear()
+    env.reset()
+    report = describe(bucket, prefix="in/")
+    assert report.counts == {"unchanged": 1, "cached": 1}  # retried: from the cache, unpaid
+    assert f"descriptions/{key}.json" in record_reads and describe_calls(env) == 0
+    assert record(local_s3, bucket, key)["error"] is None
+
+
+def test_an_unreadable_index_only_costs_record_reads(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    put(local_s3, bucket, GOOD[:3])
+    describe(bucket, prefix="in/")
+    index_key = "descriptions/_state/record-index.jsonl.gz"
+    local_s3.client().put_object(Bucket=bucket, Key=index_key, Body=b"not gzip")
+    record_reads.clear()
+    env.reset()
+    with caplog.at_level(logging.WARNING):
+        report = describe(bucket, prefix="in/")
+    assert report.counts == {"unchanged": 3} and env.stats.requests == 0
+    assert len([k for k in record_reads if k.startswith("descriptions/in/")]) == 3
+    assert "unreadable record index" in caplog.text
+    record_reads.clear()
+    describe(bucket, prefix="in/")
+    assert record_reads == [index_key]  # the second rerun has a good index again
+
+
 def test_new_and_changed_images_only(env: EmulatorServer, local_s3: LocalS3,
                                      bucket: str) -> None:
     put(local_s3, bucket, GOOD[:3])
