@@ -274,7 +274,8 @@ def main() -> int:
 
     home = tempfile.mkdtemp(prefix="ig1-bench-")
     os.environ.update(PREFECT_HOME=home, PREFECT_LOCAL_STORAGE_PATH=f"{home}/storage",
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
+                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     os.environ.pop("PREFECT_API_URL", None)
     started = time.perf_counter()
     with Services() as services:

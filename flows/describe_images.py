@@ -29,7 +29,7 @@ from prefect_aws import AwsCredentials
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import AuthenticationError, BudgetExhaustedError, IG1Error
-from tasks import create_response, resolve_model
+from tasks import prepare_call, resolve_model
 from tasks.s3 import (
     ensure_bucket_exists,
     is_image_key,
@@ -44,13 +44,13 @@ from tasks.s3 import (
 from .record_index import IndexEntry, entry_for, is_settled, load_index, save_index
 from .records import ItemStatus
 from .reporting import RunReport, publish_artifacts
-from .summary import DEFAULT_SUMMARY_PROMPT, map_reduce_summary
+from .summary import DEFAULT_SUMMARY_PROMPT, SummaryResult, map_reduce_summary
 from .window import (
+    CallGate,
     Candidate,
     DescribeSettings,
     ItemResult,
     describe_window,
-    global_slot,
     release_run_control,
     run_control,
 )
@@ -128,17 +128,17 @@ def describe_s3_images(
         report.timings["describe_s"] = round(time.monotonic() - started, 3)
         report.requests = run_control(settings).requests_sent
         stop = run_control(settings).stop_reason
+        summary_started = time.monotonic()
+        if stop is None:
+            summary = _summarise(manifest, settings, summary_prompt, summary_chunk_chars,
+                                 report)
+        else:  # every further call would fail the same way: send nothing more
+            summary = (_summary_header(report)
+                       + f"_No summary: the run stopped on {type(stop).__name__}._\n")
+        report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
     finally:
         release_run_control(run_name)
 
-    summary_started = time.monotonic()
-    if stop is None:
-        summary = _summarise(manifest, profile, credentials, summary_prompt,
-                             summary_chunk_chars, concurrency, report, concurrency_limit_name)
-    else:  # every further call would fail the same way: send nothing more
-        summary = (_summary_header(report)
-                   + f"_No summary: the run stopped on {type(stop).__name__}._\n")
-    report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
     report.timings["total_s"] = round(time.monotonic() - started, 3)
     if stop is not None:
         report.stopped_by = f"{type(stop).__name__}: {stop}"
@@ -259,24 +259,12 @@ def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[I
         yield result
 
 
-@task(name="summarize-chunk", cache_policy=NO_CACHE, persist_result=False)
-def _summarize_chunk(chunk: str, profile: ResponsesModel, credentials: IG1Credentials,
-                     instructions: str, limit_name: str | None) -> str:
-    """One summary call, holding one slot of the global limit like each description does."""
-    with global_slot(limit_name):
-        response = create_response(chunk, model=profile, credentials=credentials,
-                                   instructions=instructions)
-    return response.output_text
-
-
-def _summary_header(report: RunReport) -> str:
-    return f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
-
-
-def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credentials,
-               summary_prompt: str, chunk_chars: int, parallel: int, report: RunReport,
-               limit_name: str | None = None) -> str:
-    """The run's summary in Markdown, from this run's descriptions (map-reduce)."""
+@task(name="summarize-run", cache_policy=NO_CACHE, persist_result=False)
+def summarize_run(manifest: Path, settings: DescribeSettings, summary_prompt: str,
+                  chunk_chars: int) -> SummaryResult | None:
+    """Map-reduce this run's descriptions; the calls share the run's bound, cache and limit."""
+    control = run_control(settings)
+    gate = CallGate(settings, control)
 
     def lines() -> Iterator[str]:
         with manifest.open(encoding="utf-8") as rows:
@@ -286,14 +274,25 @@ def _summarise(manifest: Path, profile: ResponsesModel, credentials: IG1Credenti
                     yield f"- {item['key']}: {' '.join(item['text'].split())}"
 
     def summarize(chunks: list[str]) -> list[str]:
-        futures = [_summarize_chunk.submit(chunk, profile, credentials, summary_prompt,
-                                           limit_name) for chunk in chunks]
-        return [future.result() for future in futures]
+        calls = [prepare_call(chunk, model=settings.profile, credentials=settings.credentials,
+                              instructions=summary_prompt) for chunk in chunks]
+        futures = [control.workers.submit(gate.call, call, counted=False) for call in calls]
+        return [future.result()[0].output_text for future in futures]
 
+    return map_reduce_summary(lines(), summarize=summarize, chunk_chars=chunk_chars,
+                              parallel=2 * settings.max_concurrency)
+
+
+def _summary_header(report: RunReport) -> str:
+    return f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
+
+
+def _summarise(manifest: Path, settings: DescribeSettings, summary_prompt: str,
+               chunk_chars: int, report: RunReport) -> str:
+    """The run's summary in Markdown; a failed summary is said, not fatal."""
     header = _summary_header(report)
     try:
-        result = map_reduce_summary(lines(), summarize=summarize, chunk_chars=chunk_chars,
-                                    parallel=parallel)
+        result = summarize_run(manifest, settings, summary_prompt, chunk_chars)
     except IG1Error as exc:
         get_run_logger().warning("summary failed: %s", exc)
         return header + f"_Summary unavailable: {type(exc).__name__}: {exc}_\n"

@@ -33,9 +33,11 @@ from tasks.s3 import ObjectTooLarge, read_bytes, read_json, record_key, s3_clien
 from .records import ImageRecord, ItemStatus, RecordError, is_run_stopping, needs_description
 
 __all__ = [
+    "CallGate",
     "Candidate",
     "DescribeSettings",
     "ItemResult",
+    "NotAttempted",
     "RunControl",
     "describe_window",
     "global_slot",
@@ -168,14 +170,54 @@ def describe_window(candidates: list[Candidate], settings: DescribeSettings,
     """Describe each candidate (one IG1 call each at most) and write its record."""
     control = run_control(settings)
     client = s3_client(settings.aws_credentials)
-    cache = ResponseCache.for_task(create_response)
-    item = _ItemWork(settings, control, client, cache)
+    item = _ItemWork(settings, control, client, CallGate(settings, control))
     futures = [control.workers.submit(item.run, candidate) for candidate in candidates]
     return [future.result() for future in futures]
 
 
-class _NotAttempted(Exception):
-    """The run stopped (401/403/402) before this item's call was sent."""
+class NotAttempted(Exception):
+    """The run stopped (401/403/402) before this call was sent."""
+
+
+@dataclass
+class CallGate:
+    """Every IG1 call of a run passes here: the cache first, then at most one send of the
+    same request at a time, within the run's bound and the global limit."""
+
+    settings: DescribeSettings
+    control: RunControl
+    cache: ResponseCache = field(default_factory=lambda: ResponseCache.for_task(create_response))
+
+    def call(self, call: PreparedCall, *, counted: bool = True) -> tuple[Response, bool]:
+        """``(response, from_cache)``; ``counted`` calls add to the run's request count."""
+        key = call.cache_key
+
+        def pay() -> tuple[Response, bool]:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
+            try:
+                response = self._send(call, counted)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The client's quick retries are spent: one slower second chance, like
+                # create_response's task retry, before the error is recorded.
+                time.sleep(self.settings.retry_delay_seconds)
+                response = self._send(call, counted)
+            self.cache.put(key, response)
+            return response, False
+
+        return self.control.once(key, pay)
+
+    def _send(self, call: PreparedCall, counted: bool) -> Response:
+        with self.control.calls, global_slot(self.settings.concurrency_limit_name):
+            if self.control.stop_reason is not None:
+                raise NotAttempted
+            if counted:
+                with self.control._lock:
+                    self.control.requests_sent += 1
+            return call.credentials.get_client().send(call.request)
 
 
 @dataclass
@@ -183,7 +225,7 @@ class _ItemWork:
     settings: DescribeSettings
     control: RunControl
     s3: Any
-    cache: ResponseCache
+    gate: CallGate
 
     def run(self, candidate: Candidate) -> ItemResult:
         if self.control.stop_reason is not None:
@@ -211,7 +253,7 @@ class _ItemWork:
             error = RecordError(type=getattr(exc, "reason", "too_large"),
                                 message=str(getattr(exc, "message", exc)))
             return self._write_failure(candidate, where, base, error)
-        except _NotAttempted:
+        except NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
         except Exception as exc:
             if is_run_stopping(exc):
@@ -234,35 +276,9 @@ class _ItemWork:
             InputImage.from_bytes(prepared.data, mime_type=prepared.mime_type,
                                   detail=self.settings.detail),  # type: ignore[arg-type]
         ])
-        call = prepare_call([message], model=self.settings.profile,
-                            credentials=self.settings.credentials, params=self.settings.params)
-        key = call.cache_key
-
-        def pay() -> tuple[Response, bool]:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit, True
-            try:
-                response = self._send(call)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                # The client's quick retries are spent: one slower second chance, like
-                # create_response's task retry, before the error is recorded.
-                time.sleep(self.settings.retry_delay_seconds)
-                response = self._send(call)
-            self.cache.put(key, response)
-            return response, False
-
-        return self.control.once(key, pay)
-
-    def _send(self, call: PreparedCall) -> Response:
-        with self.control.calls, global_slot(self.settings.concurrency_limit_name):
-            if self.control.stop_reason is not None:
-                raise _NotAttempted
-            with self.control._lock:
-                self.control.requests_sent += 1
-            return call.credentials.get_client().send(call.request)
+        return self.gate.call(prepare_call([message], model=self.settings.profile,
+                                           credentials=self.settings.credentials,
+                                           params=self.settings.params))
 
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
                        error: RecordError) -> ItemResult:
