@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,21 +197,32 @@ def _concurrency_from_usage(credentials: IG1Credentials) -> int:
 
 def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
                 report: RunReport) -> Iterator[Candidate]:
-    """Listed images, with their record's ETag if any; skipped keys are counted, not hidden."""
-    records = {obj.key: obj.etag for obj in list_objects(s3, settings.bucket,
-                                                          settings.output_prefix)
-               if obj.key.endswith(".json")}
-    for obj in list_objects(s3, settings.bucket, prefix):
-        report.listed += 1
-        if obj.key.startswith(settings.output_prefix):
-            report.skip("output")
-        elif obj.key.endswith("/") and obj.size == 0:
-            report.skip("folder")
-        elif not is_image_key(obj.key):
-            report.skip("not_an_image_extension")
-        else:
-            yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
-                            record_etag=records.get(record_key(settings.output_prefix, obj.key)))
+    """Listed images, with their record's ETag if any; skipped keys are counted, not hidden.
+
+    The records of images under ``prefix`` are listed in a thread beside the first page
+    of images (on a rerun, the two listings are most of the time spent).
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="ig1-list-records") as lister:
+        listing = lister.submit(_record_etags, s3, settings.bucket,
+                                settings.output_prefix + prefix)
+        for obj in list_objects(s3, settings.bucket, prefix):
+            report.listed += 1
+            if obj.key.startswith(settings.output_prefix):
+                report.skip("output")
+            elif obj.key.endswith("/") and obj.size == 0:
+                report.skip("folder")
+            elif not is_image_key(obj.key):
+                report.skip("not_an_image_extension")
+            else:
+                records = listing.result()
+                yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
+                                record_etag=records.get(record_key(settings.output_prefix,
+                                                                   obj.key)))
+
+
+def _record_etags(s3: Any, bucket: str, records_prefix: str) -> dict[str, str]:
+    return {obj.key: obj.etag for obj in list_objects(s3, bucket, records_prefix)
+            if obj.key.endswith(".json")}
 
 
 def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int
@@ -291,6 +303,8 @@ def _summarise(manifest: Path, settings: DescribeSettings, summary_prompt: str,
                chunk_chars: int, report: RunReport) -> str:
     """The run's summary in Markdown; a failed summary is said, not fatal."""
     header = _summary_header(report)
+    if not any(report.n(status) for status in (ItemStatus.described, ItemStatus.cached)):
+        return header + "_No new descriptions in this run._\n"
     try:
         result = summarize_run(manifest, settings, summary_prompt, chunk_chars)
     except IG1Error as exc:
