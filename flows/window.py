@@ -236,26 +236,29 @@ class _ItemWork:
             if hit is not None:
                 return hit, True
             try:
-                response = self._send(call)
+                response = self._send(call, key)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 # The client's quick retries are spent: one slower second chance, like
                 # create_response's task retry, before the error is recorded.
                 time.sleep(self.settings.retry_delay_seconds)
-                response = self._send(call)
-            self.cache.put(key, response)
+                response = self._send(call, key)
             return response, False
 
         return self.control.once(key, pay)
 
-    def _send(self, call: PreparedCall) -> Response:
+    def _send(self, call: PreparedCall, key: str) -> Response:
         with self.control.calls, global_slot(self.settings.concurrency_limit_name):
             if self.control.stop_reason is not None:
                 raise _NotAttempted
             with self.control._lock:
                 self.control.requests_sent += 1
-            return call.credentials.get_client().send(call.request)
+            response = call.credentials.get_client().send(call.request)
+            # Saved before the slot is freed: a crash loses at most one paid answer per
+            # slot, so a rerun pays again for at most max_concurrency of them.
+            self.cache.put(key, response)
+            return response
 
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
                        error: RecordError) -> ItemResult:
