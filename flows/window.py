@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -170,6 +171,9 @@ def describe_window(candidates: list[Candidate], settings: DescribeSettings,
     return [future.result() for future in futures]
 
 
+_S3_FAILURES = (BotoCoreError, ClientError)
+
+
 class _NotAttempted(Exception):
     """The run stopped (401/403/402) before this item's call was sent."""
 
@@ -184,6 +188,23 @@ class _ItemWork:
     def run(self, candidate: Candidate) -> ItemResult:
         if self.control.stop_reason is not None:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        try:
+            return self._run(candidate)
+        except _S3_FAILURES:
+            # S3 failed past boto's quick retries: a second chance after the same pause an
+            # IG1 call gets. Safe to redo: reads and writes are idempotent and an answer
+            # already paid for is in the response cache. The sleeping workers also keep
+            # the run from racing through the bucket while S3 is away.
+            time.sleep(self.settings.retry_delay_seconds)
+        try:
+            return self._run(candidate)
+        except _S3_FAILURES as exc:
+            # Not the image's fault: it keeps the record it had (none, or one for older
+            # bytes), so the next run takes it again, without paying twice (the cache).
+            error = RecordError.from_exception(exc).model_copy(update={"retryable": True})
+            return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error)
+
+    def _run(self, candidate: Candidate) -> ItemResult:
         where = record_key(self.settings.output_prefix, candidate.key)
         if candidate.has_record and not needs_description(
                 read_json(self.s3, self.settings.bucket, where), candidate.etag):
@@ -208,6 +229,8 @@ class _ItemWork:
             return self._write_failure(candidate, where, base, error)
         except _NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        except _S3_FAILURES:
+            raise  # no error record: see run()
         except Exception as exc:
             if is_run_stopping(exc):
                 self.control.stop(exc)
