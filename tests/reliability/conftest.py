@@ -75,9 +75,11 @@ def read_records(local_s3: LocalS3) -> Callable[..., dict[str, ImageRecord]]:
             Bucket=bucket, Prefix=output_prefix)
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])
                 if not obj["Key"].startswith(f"{output_prefix}_runs/")]
+        with ThreadPoolExecutor(16) as pool:
+            bodies = pool.map(lambda key: client.get_object(Bucket=bucket, Key=key)[
+                "Body"].read(), keys)
         records: dict[str, ImageRecord] = {}
-        for key in keys:
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for key, body in zip(keys, bodies, strict=True):
             try:
                 record = ImageRecord.model_validate(json.loads(body))
             except ValueError as exc:

@@ -70,8 +70,9 @@ def own_emulator() -> Iterator[EmulatorServer]:
 
 
 def profile(server: EmulatorServer) -> ResponsesModel:
+    # A short timeout: a connection queued on a server that is shutting down waits for it.
     return ResponsesModel(credentials=IG1Credentials(
-        api_key=SecretStr(TEST_KEY), base_url=server.base_url, timeout=5.0))
+        api_key=SecretStr(TEST_KEY), base_url=server.base_url, timeout=2.0))
 
 
 @pytest.mark.parametrize(("down_for", "retry_delay"), [(1.0, 3.0), (2.0, 0.3)],
