@@ -24,6 +24,7 @@ from flows.describe_images import DEFAULT_PROMPT
 from ig1 import InputImage, InputMessage, InputText
 from sandbox._settings import body_digest
 from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
 from tasks import ResponseCache, create_response, prepare_call
 from tasks.images import prepare_image
 from tests.conftest import TEST_KEY
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 IMAGES = 40
 CONCURRENCY = 4
 LATENCY = 0.4  # 4 calls in flight, 0.4 s each: the first run would take ~4 s
-KILL_AFTER = 12  # description replies the emulator has sent
+KILL_AFTER = 12  # description replies the emulator has sent (and one record written)
 
 
 def request_identity(data: bytes, base_url: str) -> tuple[str, str]:
@@ -50,7 +51,7 @@ def request_identity(data: bytes, base_url: str) -> tuple[str, str]:
 
 
 def test_a_killed_run_resumes_without_paying_twice(
-        flow_env: EmulatorServer, bucket_with_images: Callable[..., str],
+        flow_env: EmulatorServer, local_s3: LocalS3, bucket_with_images: Callable[..., str],
         read_records: Callable[..., dict]) -> None:
     emulator = flow_env
     images = distinct_pngs(IMAGES)  # new pixels: nothing cached yet, whatever ran before
@@ -58,6 +59,7 @@ def test_a_killed_run_resumes_without_paying_twice(
     identity = {f"in/{name}": request_identity(data, emulator.base_url)
                 for name, data in images}
     emulator.configure(latency=LATENCY)
+    s3 = local_s3.client()
 
     # The CLI in its own process; it shares PREFECT_HOME and PREFECT_LOCAL_STORAGE_PATH
     # (the response cache) with this one through the environment.
@@ -68,7 +70,8 @@ def test_a_killed_run_resumes_without_paying_twice(
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
-        while emulator.stats.image_responses_ok < KILL_AFTER:
+        while (emulator.stats.image_responses_ok < KILL_AFTER
+               or not s3.list_objects_v2(Bucket=bucket, Prefix="descriptions/")["KeyCount"]):
             assert process.poll() is None, process.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the run did not get going"
             time.sleep(0.02)
