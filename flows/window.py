@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -175,6 +176,9 @@ def describe_window(candidates: list[Candidate], settings: DescribeSettings,
     return [future.result() for future in futures]
 
 
+_S3_FAILURES = (BotoCoreError, ClientError)
+
+
 class NotAttempted(Exception):
     """The run stopped (401/403/402) before this call was sent."""
 
@@ -197,27 +201,30 @@ class CallGate:
             if hit is not None:
                 return hit, True
             try:
-                response = self._send(call, counted)
+                response = self._send(call, key, counted)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 # The client's quick retries are spent: one slower second chance, like
                 # create_response's task retry, before the error is recorded.
                 time.sleep(self.settings.retry_delay_seconds)
-                response = self._send(call, counted)
-            self.cache.put(key, response)
+                response = self._send(call, key, counted)
             return response, False
 
         return self.control.once(key, pay)
 
-    def _send(self, call: PreparedCall, counted: bool) -> Response:
+    def _send(self, call: PreparedCall, key: str, counted: bool) -> Response:
         with self.control.calls, global_slot(self.settings.concurrency_limit_name):
             if self.control.stop_reason is not None:
                 raise NotAttempted
             if counted:
                 with self.control._lock:
                     self.control.requests_sent += 1
-            return call.credentials.get_client().send(call.request)
+            response = call.credentials.get_client().send(call.request)
+            # Saved before the slot is freed: a crash loses at most one paid answer per
+            # slot, so a rerun pays again for at most max_concurrency of them.
+            self.cache.put(key, response)
+            return response
 
 
 @dataclass
@@ -230,6 +237,23 @@ class _ItemWork:
     def run(self, candidate: Candidate) -> ItemResult:
         if self.control.stop_reason is not None:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        try:
+            return self._run(candidate)
+        except _S3_FAILURES:
+            # S3 failed past boto's quick retries: a second chance after the same pause an
+            # IG1 call gets. Safe to redo: reads and writes are idempotent and an answer
+            # already paid for is in the response cache. The sleeping workers also keep
+            # the run from racing through the bucket while S3 is away.
+            time.sleep(self.settings.retry_delay_seconds)
+        try:
+            return self._run(candidate)
+        except _S3_FAILURES as exc:
+            # Not the image's fault: it keeps the record it had (none, or one for older
+            # bytes), so the next run takes it again, without paying twice (the cache).
+            error = RecordError.from_exception(exc).model_copy(update={"retryable": True})
+            return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error)
+
+    def _run(self, candidate: Candidate) -> ItemResult:
         where = record_key(self.settings.output_prefix, candidate.key)
         if candidate.record_etag is not None and not needs_description(
                 read_json(self.s3, self.settings.bucket, where), candidate.etag):
@@ -255,6 +279,8 @@ class _ItemWork:
             return self._write_failure(candidate, where, base, error)
         except NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
+        except _S3_FAILURES:
+            raise  # no error record: see run()
         except Exception as exc:
             if is_run_stopping(exc):
                 self.control.stop(exc)

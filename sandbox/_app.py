@@ -23,7 +23,7 @@ from ._request import (
     load_json_body,
     parse_request,
 )
-from ._settings import RECEIVED_LIMIT, EmulatorSettings, EmulatorState
+from ._settings import RECEIVED_LIMIT, EmulatorSettings, EmulatorState, body_digest
 
 
 class RequestIdMiddleware:
@@ -119,7 +119,7 @@ class ResponsesEndpoint:
         self, request: Request, raw: bytes, body: dict[str, Any] | None, settings: EmulatorSettings
     ) -> Response:
         state = self.state
-        fault = state.pop_fault()
+        fault = state.next_fault(body_digest(body, raw), settings)
         if fault is not None:
             with state.lock:
                 state.stats.faults_served[fault] += 1
@@ -181,9 +181,12 @@ class ResponsesEndpoint:
         return _faults.sse_response(frames, lambda: self.state.pause(settings.latency))
 
     def count_success(self, parsed: ParsedRequest, input_tokens: int, output_tokens: int) -> None:
+        repeat = self.state.answered(body_digest(parsed.body, b""))
         with self.state.lock:
             stats = self.state.stats
             stats.responses_ok += 1
+            stats.image_responses_ok += bool(parsed.images)
+            stats.repeat_responses_ok += repeat
             stats.spent += self.state.settings.cost_per_response
             stats.input_tokens += input_tokens
             stats.output_tokens += output_tokens

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import hashlib
+import json
+import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._faults import FAULT_KINDS
+
 Shape = Literal["auto", "text", "image"]
 SHAPES: tuple[str, ...] = ("auto", "text", "image")
 RECEIVED_LIMIT = 1000
+TRANSIENT_MIX: dict[str, float] = {
+    "429": 1.0, "500": 1.0, "502": 1.0, "503": 1.0, "drop": 1.0, "malformed": 1.0}
+"""The default `fault_mix`: every transient fault a gateway sends, equally often."""
 
 
 @dataclass
@@ -40,6 +48,14 @@ class EmulatorSettings:
     """Structured (json_schema/json_object) replies are deliberately not valid JSON."""
     cost_per_response: float = 0.001
     """Spend added to GET /usage `current` per successful reply."""
+    fault_rate: float = 0.0
+    """Share (0-1) of /v1/responses requests that fail at random (after queued faults)."""
+    fault_mix: dict[str, float] = field(default_factory=lambda: dict(TRANSIENT_MIX))
+    """Relative weights of the fault kinds drawn at `fault_rate`."""
+    fault_seed: int = 0
+    """Seed of the draws. A draw depends on the seed, the request body and how often that
+    body was seen, never on arrival order: the same requests get the same faults, however
+    many threads send them."""
 
 
 def apply_changes(settings: EmulatorSettings, changes: dict[str, Any]) -> None:
@@ -62,6 +78,16 @@ def _check(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError("json_invalid must be a boolean")
         return value
+    if name == "fault_rate":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError("fault_rate must be a number from 0 to 1")
+        return float(value)
+    if name == "fault_mix":
+        return _check_mix(value)
+    if name == "fault_seed":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("fault_seed must be an integer")
+        return value
     if name in ("max_in_flight", "budget_requests"):
         if value is None:
             return None
@@ -77,6 +103,40 @@ def _check(name: str, value: Any) -> Any:
     return float(value)
 
 
+def _check_mix(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise ValueError("fault_mix must be a non-empty mapping of fault kind to weight")
+    unknown = sorted(set(value) - set(FAULT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) in fault_mix: {unknown}; known: {FAULT_KINDS}")
+    weights = {}
+    for kind, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"fault_mix weight of {kind!r} must be a non-negative number")
+        weights[kind] = float(weight)
+    if not sum(weights.values()):
+        raise ValueError("fault_mix needs at least one positive weight")
+    return weights
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"429=2,500=1,drop"`` -> ``{"429": 2.0, "500": 1.0, "drop": 1.0}`` (for the CLI)."""
+    mix: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, weight = item.partition("=")
+        try:
+            mix[kind.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight in fault mix item {item!r}") from None
+    return _check_mix(mix)
+
+
+def body_digest(body: dict[str, Any] | None, raw: bytes) -> str:
+    """Identity of a request's content: the same request sent again has the same digest."""
+    canonical = json.dumps(body, sort_keys=True).encode() if body is not None else raw
+    return hashlib.sha256(canonical).hexdigest()
+
+
 @dataclass
 class EmulatorStats:
     """Counters of what the emulator saw; read a snapshot via `EmulatorServer.stats`."""
@@ -85,6 +145,10 @@ class EmulatorStats:
     """Every POST /v1/responses received, faulted or not."""
     responses_ok: int = 0
     """Successful (200, complete) /v1/responses replies."""
+    image_responses_ok: int = 0
+    """Successful replies to requests carrying an input_image (description calls)."""
+    repeat_responses_ok: int = 0
+    """Successful replies to a request already answered successfully: paying twice."""
     in_flight: int = 0
     """/v1/responses requests being handled now (a live gauge)."""
     max_in_flight_seen: int = 0
@@ -106,6 +170,8 @@ class EmulatorStats:
         return {
             "requests": self.requests,
             "responses_ok": self.responses_ok,
+            "image_responses_ok": self.image_responses_ok,
+            "repeat_responses_ok": self.repeat_responses_ok,
             "in_flight": self.in_flight,
             "max_in_flight_seen": self.max_in_flight_seen,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
@@ -131,6 +197,8 @@ class EmulatorState:
         self.faults: list[str] = []
         self.budget_reserved = 0
         self.stopping = threading.Event()
+        self._seen: Counter[str] = Counter()  # body digest -> times it reached the fault stage
+        self._answered: set[str] = set()  # body digests answered successfully
 
     async def pause(self, seconds: float) -> bool:
         """Sleep, but wake early when the server stops; True if the full time passed."""
@@ -158,9 +226,27 @@ class EmulatorState:
         with self.lock:
             self.faults.extend([kind] * count)
 
-    def pop_fault(self) -> str | None:
+    def next_fault(self, digest: str, settings: EmulatorSettings) -> str | None:
+        """A queued fault first; else a seeded draw at `fault_rate` (see `fault_seed`)."""
         with self.lock:
-            return self.faults.pop(0) if self.faults else None
+            seen = self._seen[digest]
+            self._seen[digest] += 1
+            if self.faults:
+                return self.faults.pop(0)
+        if settings.fault_rate <= 0:
+            return None
+        draw = random.Random(f"{settings.fault_seed}:{digest}:{seen}")
+        if draw.random() >= settings.fault_rate:
+            return None
+        kinds = list(settings.fault_mix)
+        return draw.choices(kinds, [settings.fault_mix[kind] for kind in kinds])[0]
+
+    def answered(self, digest: str) -> bool:
+        """Record a successful reply; True if this request had been answered before."""
+        with self.lock:
+            repeat = digest in self._answered
+            self._answered.add(digest)
+            return repeat
 
     def reset(self) -> None:
         """Back to defaults; `in_flight` stays a live gauge so running requests stay counted."""
@@ -169,5 +255,7 @@ class EmulatorState:
             self.stats = EmulatorStats(in_flight=live, max_in_flight_seen=live)
             self.faults.clear()
             self.budget_reserved = 0
+            self._seen.clear()
+            self._answered.clear()
             for f in dataclasses.fields(EmulatorSettings):
-                setattr(self.settings, f.name, getattr(self._defaults, f.name))
+                setattr(self.settings, f.name, copy.deepcopy(getattr(self._defaults, f.name)))

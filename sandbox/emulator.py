@@ -24,7 +24,7 @@ import uvicorn
 
 from ._app import build_app
 from ._faults import FAULT_KINDS
-from ._settings import EmulatorSettings, EmulatorState, EmulatorStats, apply_changes
+from ._settings import EmulatorSettings, EmulatorState, EmulatorStats, apply_changes, parse_mix
 
 __all__ = ["FAULT_KINDS", "EmulatorServer", "EmulatorSettings", "EmulatorStats", "main"]
 
@@ -133,10 +133,15 @@ class EmulatorServer:
         self._state.reset()
 
     def start(self, timeout: float = 10.0) -> EmulatorServer:
-        """Bind, serve on a daemon thread, and return once it accepts connections."""
+        """Bind, serve on a daemon thread, and return once it accepts connections.
+
+        After ``stop()``, ``start()`` binds the same port again with the same settings,
+        counters and queued faults: clients see an outage, then the same server back.
+        """
         if self._thread is not None:
             raise RuntimeError("the emulator is already started")
         self._sock = _listening_socket(self._host, self._port)
+        self._port = self._sock.getsockname()[1]
         self._state.stopping.clear()
         config = uvicorn.Config(
             build_app(self._state),
@@ -176,6 +181,7 @@ class EmulatorServer:
                 thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
+        self._sock = None
         self._server = self._thread = None
 
     def __enter__(self) -> EmulatorServer:
@@ -204,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-requests", type=int, default=None, help="402 after this")
     parser.add_argument("--max-throughput", type=int, default=16, help="reported by /usage")
     parser.add_argument("--usage-commit", type=float, default=1000.0, help="reported by /usage")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="share of requests failing at random (0-1)")
+    parser.add_argument("--fault-mix", type=parse_mix, default=None,
+                        help='weights of the random faults, e.g. "429=2,500,502,drop"')
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the random faults")
     return parser
 
 
@@ -221,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget_requests=args.budget_requests,
         max_throughput=args.max_throughput,
         usage_commit=args.usage_commit,
+        fault_rate=args.fault_rate,
+        fault_seed=args.fault_seed,
+        **({"fault_mix": args.fault_mix} if args.fault_mix else {}),
     )
     done = threading.Event()
 

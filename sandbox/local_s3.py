@@ -8,7 +8,9 @@ against AWS, so key-encoding bugs show up here instead of in production.
         os.environ.update(s3.env())  # boto3's default chain now talks to it
 
 moto keeps its state per process: two LocalS3 servers in one process share buckets,
-and ``reset()`` empties them all.
+and ``reset()`` empties them all. The same holds across ``stop()`` and ``start()``:
+the server comes back on the same port with every bucket and object, which is how
+tests make S3 unreachable for a while.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ class LocalS3:
         return self._endpoint_url
 
     def start(self) -> LocalS3:
-        """Start serving; returns self so ``s3 = LocalS3().start()`` reads naturally."""
+        """Start serving; returns self so ``s3 = LocalS3().start()`` reads naturally.
+
+        After ``stop()`` it serves again on the same port, with the same buckets.
+        """
         if self._server is not None:
             return self
         werkzeug_log = logging.getLogger("werkzeug")
@@ -60,12 +65,13 @@ class LocalS3:
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
+        self._port = port
         self._server = server
         self._endpoint_url = f"http://{host}:{port}"
         return self
 
     def stop(self) -> None:
-        """Stop serving and join the thread; safe to call twice."""
+        """Stop serving (connections are refused) and join the thread; safe to call twice."""
         server, self._server = self._server, None
         self._endpoint_url = None
         if server is not None:
