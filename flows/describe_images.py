@@ -198,7 +198,7 @@ def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
             report.skip("output")
         elif obj.key.endswith("/") and obj.size == 0:
             report.skip("folder")
-        elif not is_image_key(obj.key):
+        elif not is_image_key(obj.key, unsupported=True):  # HEIC & co. get an error record
             report.skip("not_an_image_extension")
         else:
             yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,

@@ -202,9 +202,14 @@ class _ItemWork:
             sent = {"sent_width": prepared.width, "sent_height": prepared.height,
                     "sent_bytes": len(prepared.data)}
             response, cached = self._describe(prepared)
-        except (ImageRejected, ObjectTooLarge) as exc:
-            error = RecordError(type=getattr(exc, "reason", "too_large"),
-                                message=str(getattr(exc, "message", exc)))
+        except ImageRejected as exc:
+            error = RecordError(type=exc.reason, message=exc.message)
+            return self._write_failure(candidate, where, base, error)
+        except ObjectTooLarge as exc:
+            error = RecordError(type="too_large", message=(
+                f"The object is {exc.size:,} bytes, over this run's max_object_mb "
+                f"({exc.max_bytes:,} bytes): not downloaded. Shrink it before upload, or raise "
+                "max_object_mb."))
             return self._write_failure(candidate, where, base, error)
         except _NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
