@@ -260,7 +260,12 @@ class _ItemWork:
                 raise _NotAttempted
             with self.control._lock:
                 self.control.requests_sent += 1
-            return call.credentials.get_client().send(call.request)
+            try:
+                return call.credentials.get_client().send(call.request)
+            except Exception as exc:
+                if is_run_stopping(exc):  # before the slot is freed: no waiting item may send
+                    self.control.stop(exc)
+                raise
 
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
                        error: RecordError) -> ItemResult:
