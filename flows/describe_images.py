@@ -28,7 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 
 from blocks import IG1Credentials, ResponsesModel
-from ig1 import AuthenticationError, BudgetExhaustedError, IG1Error
+from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
 from tasks import create_response, resolve_model
 from tasks.s3 import (
     ensure_bucket_exists,
@@ -125,16 +125,15 @@ def describe_s3_images(
         release_run_control(run_name)
 
     summary_started = time.monotonic()
-    if stop is None:
+    stop_error = None if stop is None else _stop_error(stop, report)
+    if stop_error is None:
         summary = _summarise(manifest, profile, credentials, summary_prompt,
                              summary_chunk_chars, concurrency, report, concurrency_limit_name)
     else:  # every further call would fail the same way: send nothing more
-        summary = (_summary_header(report)
-                   + f"_No summary: the run stopped on {type(stop).__name__}._\n")
+        summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
+        report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
     report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
     report.timings["total_s"] = round(time.monotonic() - started, 3)
-    if stop is not None:
-        report.stopped_by = f"{type(stop).__name__}: {stop}"
 
     run_prefix = f"{output_prefix}_runs/{run_name}/"
     write_text(s3, bucket, run_prefix + "summary.md", summary)
@@ -147,17 +146,8 @@ def describe_s3_images(
     workdir.rmdir()
     logger.info("Run %s: %s", run_name, report.headline())
 
-    if isinstance(stop, AuthenticationError):
-        raise AuthenticationError(
-            f"IG1 refused the credentials ({stop.status}: {stop.message}); the run stopped "
-            "at once. Check the IG1Credentials block or IG1AI_API_KEY.",
-            status=stop.status, code=stop.code, request_id=stop.request_id)
-    if isinstance(stop, BudgetExhaustedError):
-        raise BudgetExhaustedError(
-            f"IG1 budget exhausted (402) after {report.requests} requests: "
-            f"{report.n(ItemStatus.not_attempted)} image(s) not attempted. Raise the commit "
-            "and rerun: the rerun describes exactly what is missing.",
-            status=stop.status, code=stop.code, request_id=stop.request_id)
+    if stop_error is not None:
+        raise stop_error
     if fail_on_item_errors and report.counts.get(ItemStatus.failed.value):
         raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
                          f"see {report.outputs['manifest.jsonl']}")
@@ -169,6 +159,21 @@ def _run_name() -> str:
     if context is not None and context.flow_run is not None:
         return str(context.flow_run.name)
     return uuid.uuid4().hex[:12]
+
+
+def _stop_error(stop: BaseException, report: RunReport) -> APIStatusError:
+    """The one error a stopped run ends with (and its summary says): cause, what was left, fix."""
+    left = f"{report.n(ItemStatus.not_attempted)} image(s) not attempted"
+    where = {"status": getattr(stop, "status", 0), "code": getattr(stop, "code", None),
+             "request_id": getattr(stop, "request_id", None)}
+    if isinstance(stop, BudgetExhaustedError):
+        return BudgetExhaustedError(
+            f"IG1 budget exhausted (402) after {report.requests} requests: {left}. Raise the "
+            "commit and rerun: the rerun describes exactly what is missing.", **where)
+    return AuthenticationError(
+        f"IG1 refused the credentials ({where['status']}: {getattr(stop, 'message', stop)}); "
+        f"the run stopped at once, {left}. Check the IG1Credentials block or IG1AI_API_KEY.",
+        **where)
 
 
 def _concurrency_from_usage(credentials: IG1Credentials) -> int:
