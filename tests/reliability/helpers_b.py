@@ -7,12 +7,13 @@ the S3 helpers of the flow tests are reused, not copied.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -22,6 +23,9 @@ from flows.records import ImageRecord
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
 from tests.flows.test_describe_images import _solid_png, all_keys, describe_calls, put
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 __all__ = [
     "all_keys",
@@ -34,6 +38,7 @@ __all__ = [
     "put",
     "records",
     "run_outputs",
+    "s3",
     "sent_image",
 ]
 
@@ -70,8 +75,18 @@ def distinct_pngs(count: int, first_seed: int, name: str = "p{}.png") -> list[tu
 
 
 def object_text(local_s3: LocalS3, bucket: str, key: str) -> str:
-    body = local_s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    body = s3(local_s3).get_object(Bucket=bucket, Key=key)["Body"].read()
     return bytes(body).decode("utf-8")
+
+
+def s3(local_s3: LocalS3) -> S3Client:
+    """One boto3 client per moto server (building one costs ~0.2 s of CPU)."""
+    return _client(local_s3.endpoint_url, local_s3)
+
+
+@functools.lru_cache(maxsize=4)
+def _client(endpoint_url: str, local_s3: LocalS3) -> S3Client:
+    return local_s3.client()
 
 
 def records(local_s3: LocalS3, bucket: str) -> dict[str, dict[str, Any]]:
