@@ -93,14 +93,14 @@ def describe_s3_images(
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run."""
     logger = get_run_logger()
     started = time.monotonic()
-    run_name = _run_name()
+    run_id, run_name = _run_identity()
     profile = resolve_model(model)
     credentials = profile.get_credentials()
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
     concurrency = max_concurrency or _concurrency_from_usage(credentials)
     settings = DescribeSettings(
-        run_id=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
+        run_id=run_id, run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
         params={"max_output_tokens": max_output_tokens} if max_output_tokens else {},
         detail=detail, max_image_side=max_image_side,
@@ -122,7 +122,7 @@ def describe_s3_images(
         report.requests = run_control(settings).requests_sent
         stop = run_control(settings).stop_reason
     finally:
-        release_run_control(run_name)
+        release_run_control(run_id)
 
     summary_started = time.monotonic()
     stop_error = None if stop is None else _stop_error(stop, report)
@@ -154,11 +154,13 @@ def describe_s3_images(
     return report
 
 
-def _run_name() -> str:
+def _run_identity() -> tuple[str, str]:
+    """(id, name) of this flow run: two runs may share a name, never an id."""
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None:
-        return str(context.flow_run.name)
-    return uuid.uuid4().hex[:12]
+        return str(context.flow_run.id), str(context.flow_run.name)
+    run_id = uuid.uuid4().hex
+    return run_id, run_id[:12]
 
 
 def _stop_error(stop: BaseException, report: RunReport) -> APIStatusError:

@@ -56,7 +56,8 @@ class DescribeSettings(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
-    run_id: str
+    run_id: str  # unique: keys the run's control in this process (names may repeat)
+    run_name: str  # shown in records and run outputs
     bucket: str
     output_prefix: str
     prompt: str
@@ -84,15 +85,18 @@ class ItemResult(BaseModel):
     sent_bytes: int | None = None
 
 
+_inflight: dict[str, tuple[RunControl, Future[tuple[Response, bool]]]] = {}
+_inflight_lock = threading.Lock()
+
+
 @dataclass
 class RunControl:
-    """Process-wide state of one run: the call bound, the stop switch, in-flight dedup."""
+    """Process-wide state of one run: the call bound, the stop switch, its requests."""
 
     max_concurrency: int
     stop_reason: BaseException | None = None
     requests_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _inflight: dict[str, Future[tuple[Response, bool]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.calls = threading.BoundedSemaphore(self.max_concurrency)
@@ -106,15 +110,23 @@ class RunControl:
 
     def once(self, key: str, produce: Callable[[], tuple[Response, bool]]
              ) -> tuple[Response, bool]:
-        """Single flight: the same request from two items at once is paid for once."""
-        with self._lock:
-            pending = self._inflight.get(key)
-            owner = pending is None
-            if owner:
-                pending = self._inflight[key] = Future()
-        assert pending is not None
-        if not owner:
-            response, _ = pending.result()
+        """Single flight per process: the same request from two items at once, of this run or
+        of another run in this process, is paid for once. Another run's failure (its stop,
+        its credentials) is not this run's: then this item tries itself."""
+        while True:
+            with _inflight_lock:
+                entry = _inflight.get(key)
+                if entry is None:
+                    pending: Future[tuple[Response, bool]] = Future()
+                    _inflight[key] = (self, pending)
+                    break
+            owner, waited = entry
+            try:
+                response, _ = waited.result()
+            except BaseException:
+                if owner is self:
+                    raise
+                continue  # the cache first, then a call of its own
             return response, True
         try:
             result = produce()
@@ -122,8 +134,8 @@ class RunControl:
             pending.set_exception(exc)
             raise
         finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+            with _inflight_lock:
+                _inflight.pop(key, None)
         pending.set_result(result)
         return result
 
@@ -189,7 +201,7 @@ class _ItemWork:
                 read_json(self.s3, self.settings.bucket, where), candidate.etag):
             return ItemResult(key=candidate.key, status=ItemStatus.unchanged)
         base = {"source_key": candidate.key, "source_etag": candidate.etag,
-                "model": self.settings.profile.model, "flow_run": self.settings.run_id,
+                "model": self.settings.profile.model, "flow_run": self.settings.run_name,
                 "source_bytes": candidate.size}
         try:
             data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
