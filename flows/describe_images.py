@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 
 from blocks import IG1Credentials, ResponsesModel
-from ig1 import AuthenticationError, BudgetExhaustedError, IG1Error
+from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
 from tasks import prepare_call, resolve_model
 from tasks.s3 import (
     ensure_bucket_exists,
@@ -94,14 +94,14 @@ def describe_s3_images(
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run."""
     logger = get_run_logger()
     started = time.monotonic()
-    run_name = _run_name()
+    run_id, run_name = _run_identity()
     profile = resolve_model(model)
     credentials = profile.get_credentials()
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
     concurrency = max_concurrency or _concurrency_from_usage(credentials)
     settings = DescribeSettings(
-        run_id=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
+        run_id=run_id, run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
         params={"max_output_tokens": max_output_tokens} if max_output_tokens else {},
         detail=detail, max_image_side=max_image_side,
@@ -130,19 +130,18 @@ def describe_s3_images(
         report.requests = run_control(settings).requests_sent
         stop = run_control(settings).stop_reason
         summary_started = time.monotonic()
-        if stop is None:
+        stop_error = None if stop is None else _stop_error(stop, report)
+        if stop_error is None:
             summary = _summarise(manifest, settings, summary_prompt, summary_chunk_chars,
                                  report)
         else:  # every further call would fail the same way: send nothing more
-            summary = (_summary_header(report)
-                       + f"_No summary: the run stopped on {type(stop).__name__}._\n")
+            summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
+            report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
         report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
     finally:
-        release_run_control(run_name)
+        release_run_control(run_id)
 
     report.timings["total_s"] = round(time.monotonic() - started, 3)
-    if stop is not None:
-        report.stopped_by = f"{type(stop).__name__}: {stop}"
 
     run_prefix = f"{output_prefix}_runs/{run_name}/"
     write_text(s3, bucket, run_prefix + "summary.md", summary)
@@ -155,28 +154,36 @@ def describe_s3_images(
     workdir.rmdir()
     logger.info("Run %s: %s", run_name, report.headline())
 
-    if isinstance(stop, AuthenticationError):
-        raise AuthenticationError(
-            f"IG1 refused the credentials ({stop.status}: {stop.message}); the run stopped "
-            "at once. Check the IG1Credentials block or IG1AI_API_KEY.",
-            status=stop.status, code=stop.code, request_id=stop.request_id)
-    if isinstance(stop, BudgetExhaustedError):
-        raise BudgetExhaustedError(
-            f"IG1 budget exhausted (402) after {report.requests} requests: "
-            f"{report.n(ItemStatus.not_attempted)} image(s) not attempted. Raise the commit "
-            "and rerun: the rerun describes exactly what is missing.",
-            status=stop.status, code=stop.code, request_id=stop.request_id)
+    if stop_error is not None:
+        raise stop_error
     if fail_on_item_errors and report.counts.get(ItemStatus.failed.value):
         raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
                          f"see {report.outputs['manifest.jsonl']}")
     return report
 
 
-def _run_name() -> str:
+def _run_identity() -> tuple[str, str]:
+    """(id, name) of this flow run: two runs may share a name, never an id."""
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None:
-        return str(context.flow_run.name)
-    return uuid.uuid4().hex[:12]
+        return str(context.flow_run.id), str(context.flow_run.name)
+    run_id = uuid.uuid4().hex
+    return run_id, run_id[:12]
+
+
+def _stop_error(stop: BaseException, report: RunReport) -> APIStatusError:
+    """The one error a stopped run ends with (and its summary says): cause, what was left, fix."""
+    left = f"{report.n(ItemStatus.not_attempted)} image(s) not attempted"
+    where = {"status": getattr(stop, "status", 0), "code": getattr(stop, "code", None),
+             "request_id": getattr(stop, "request_id", None)}
+    if isinstance(stop, BudgetExhaustedError):
+        return BudgetExhaustedError(
+            f"IG1 budget exhausted (402) after {report.requests} requests: {left}. Raise the "
+            "commit and rerun: the rerun describes exactly what is missing.", **where)
+    return AuthenticationError(
+        f"IG1 refused the credentials ({where['status']}: {getattr(stop, 'message', stop)}); "
+        f"the run stopped at once, {left}. Check the IG1Credentials block or IG1AI_API_KEY.",
+        **where)
 
 
 def _concurrency_from_usage(credentials: IG1Credentials) -> int:
@@ -211,7 +218,7 @@ def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
                 report.skip("output")
             elif obj.key.endswith("/") and obj.size == 0:
                 report.skip("folder")
-            elif not is_image_key(obj.key):
+            elif not is_image_key(obj.key, unsupported=True):  # HEIC & co.: an error record
                 report.skip("not_an_image_extension")
             else:
                 records = listing.result()

@@ -60,7 +60,8 @@ class DescribeSettings(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
-    run_id: str
+    run_id: str  # unique: keys the run's control in this process (names may repeat)
+    run_name: str  # shown in records and run outputs
     bucket: str
     output_prefix: str
     prompt: str
@@ -91,15 +92,18 @@ class ItemResult(BaseModel):
     record_etag: str | None = None
 
 
+_inflight: dict[str, tuple[RunControl, Future[tuple[Response, bool]]]] = {}
+_inflight_lock = threading.Lock()
+
+
 @dataclass
 class RunControl:
-    """Process-wide state of one run: the call bound, the stop switch, in-flight dedup."""
+    """Process-wide state of one run: the call bound, the stop switch, its requests."""
 
     max_concurrency: int
     stop_reason: BaseException | None = None
     requests_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _inflight: dict[str, Future[tuple[Response, bool]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.calls = threading.BoundedSemaphore(self.max_concurrency)
@@ -113,15 +117,23 @@ class RunControl:
 
     def once(self, key: str, produce: Callable[[], tuple[Response, bool]]
              ) -> tuple[Response, bool]:
-        """Single flight: the same request from two items at once is paid for once."""
-        with self._lock:
-            pending = self._inflight.get(key)
-            owner = pending is None
-            if owner:
-                pending = self._inflight[key] = Future()
-        assert pending is not None
-        if not owner:
-            response, _ = pending.result()
+        """Single flight per process: the same request from two items at once, of this run or
+        of another run in this process, is paid for once. Another run's failure (its stop,
+        its credentials) is not this run's: then this item tries itself."""
+        while True:
+            with _inflight_lock:
+                entry = _inflight.get(key)
+                if entry is None:
+                    pending: Future[tuple[Response, bool]] = Future()
+                    _inflight[key] = (self, pending)
+                    break
+            owner, waited = entry
+            try:
+                response, _ = waited.result()
+            except BaseException:
+                if owner is self:
+                    raise
+                continue  # the cache first, then a call of its own
             return response, True
         try:
             result = produce()
@@ -129,8 +141,8 @@ class RunControl:
             pending.set_exception(exc)
             raise
         finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+            with _inflight_lock:
+                _inflight.pop(key, None)
         pending.set_result(result)
         return result
 
@@ -220,7 +232,12 @@ class CallGate:
             if counted:
                 with self.control._lock:
                     self.control.requests_sent += 1
-            response = call.credentials.get_client().send(call.request)
+            try:
+                response = call.credentials.get_client().send(call.request)
+            except Exception as exc:
+                if is_run_stopping(exc):  # before the slot is freed: no waiting item may send
+                    self.control.stop(exc)
+                raise
             # Saved before the slot is freed: a crash loses at most one paid answer per
             # slot, so a rerun pays again for at most max_concurrency of them.
             self.cache.put(key, response)
@@ -260,7 +277,7 @@ class _ItemWork:
             return ItemResult(key=candidate.key, status=ItemStatus.unchanged,
                               etag=candidate.etag, record_etag=candidate.record_etag)
         base = {"source_key": candidate.key, "source_etag": candidate.etag,
-                "model": self.settings.profile.model, "flow_run": self.settings.run_id,
+                "model": self.settings.profile.model, "flow_run": self.settings.run_name,
                 "source_bytes": candidate.size}
         try:
             data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
@@ -273,9 +290,14 @@ class _ItemWork:
             sent = {"sent_width": prepared.width, "sent_height": prepared.height,
                     "sent_bytes": len(prepared.data)}
             response, cached = self._describe(prepared)
-        except (ImageRejected, ObjectTooLarge) as exc:
-            error = RecordError(type=getattr(exc, "reason", "too_large"),
-                                message=str(getattr(exc, "message", exc)))
+        except ImageRejected as exc:
+            error = RecordError(type=exc.reason, message=exc.message)
+            return self._write_failure(candidate, where, base, error)
+        except ObjectTooLarge as exc:
+            error = RecordError(type="too_large", message=(
+                f"The object is {exc.size:,} bytes, over this run's max_object_mb "
+                f"({exc.max_bytes:,} bytes): not downloaded. Shrink it before upload, or raise "
+                "max_object_mb."))
             return self._write_failure(candidate, where, base, error)
         except NotAttempted:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)

@@ -80,7 +80,9 @@ class ResponsesEndpoint:
             if body is not None:
                 stats.received.append(body)
                 del stats.received[:-RECEIVED_LIMIT]
-            authorized = _authorized(request, state)
+            authorized = _authorized(request, state) and (
+                settings.revoke_key_after is None or stats.requests <= settings.revoke_key_after
+            )
             capped = (
                 settings.max_in_flight is not None and stats.in_flight >= settings.max_in_flight
             )

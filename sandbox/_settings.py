@@ -38,6 +38,8 @@ class EmulatorSettings:
     """Seconds advertised on 429s (Retry-After rounded up, retry-after-ms exact)."""
     budget_requests: int | None = None
     """After this many successful replies every further one is 402 "Commit exceeded"."""
+    revoke_key_after: int | None = None
+    """After this many POST /v1/responses the key is refused (401), as when revoked mid-run."""
     usage_commit: float = 1000.0
     """`commit` reported by GET /usage."""
     max_throughput: int = 16
@@ -88,7 +90,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("fault_seed must be an integer")
         return value
-    if name in ("max_in_flight", "budget_requests"):
+    if name in ("max_in_flight", "budget_requests", "revoke_key_after"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -9,23 +9,32 @@ from __future__ import annotations
 import functools
 import io
 import random
+import struct
+import zlib
 
 from PIL import Image, ImageDraw
 
 __all__ = [
     "alpha_png",
     "animated_gif",
+    "bad_crc_png",
+    "bomb_png",
     "broken_images",
     "cmyk_jpeg",
+    "damaged_png",
     "empty",
     "exif_rotated_jpeg",
+    "flat_image",
     "gray16_png",
+    "heic_image",
+    "hostile_images",
     "large_jpeg",
     "not_an_image",
     "palette_png",
     "photo_jpeg",
     "sample_images",
     "small_png",
+    "svg_image",
     "truncated_jpeg",
     "webp_image",
 ]
@@ -172,3 +181,69 @@ def empty() -> Sample:
 def broken_images() -> list[Sample]:
     """Inputs that must become error records, never crashes."""
     return [truncated_jpeg(), not_an_image(), empty()]
+
+
+# --- hostile inputs: what a real bucket holds besides photos ------------------------------
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@functools.cache
+def bad_crc_png() -> Sample:
+    """A PNG with one bit flipped in its IHDR chunk: the chunk's CRC no longer matches."""
+    data = bytearray(small_png()[1])
+    data[8 + 8 + 3] ^= 0x01  # after the signature, IHDR's length and type: width 64 -> 65
+    return "bad_crc.png", bytes(data)
+
+
+@functools.cache
+def damaged_png() -> Sample:
+    """A PNG whose compressed pixel data (IDAT) is damaged: the header parses, decoding fails."""
+    data = bytearray(small_png()[1])
+    start = data.index(b"IDAT") + 4
+    for offset in range(8, 24):
+        data[start + offset] ^= 0xFF
+    return "damaged.png", bytes(data)
+
+
+@functools.cache
+def bomb_png(side: int = 20_000) -> Sample:
+    """A valid 1-bit PNG of side x side pixels (400 MP by default) in ~50 KB: a decompression
+    bomb."""
+    row = b"\x00" * (1 + (side + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+    return f"bomb_{side}x{side}.png", data
+
+
+@functools.cache
+def flat_image(width: int, height: int, fmt: str = "JPEG") -> Sample:
+    """A flat grey picture of any size: 100 MP stays small in bytes (a PNG of ~30 KB)."""
+    mode = "1" if fmt == "PNG" else "L"
+    image = Image.new(mode, (width, height), 1 if mode == "1" else 128)
+    extension = {"JPEG": "jpg", "PNG": "png"}[fmt]
+    return f"flat_{width}x{height}.{extension}", _encode(image, fmt)
+
+
+def svg_image() -> Sample:
+    """A vector drawing: Pillow cannot rasterise SVG."""
+    return "drawing.svg", (b'<?xml version="1.0" encoding="UTF-8"?>\n'
+                           b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="48">'
+                           b'<rect width="64" height="48" fill="teal"/></svg>\n')
+
+
+def heic_image() -> Sample:
+    """The start of an iPhone HEIC photo (an ISO-BMFF ``ftyp`` box, brand ``heic``)."""
+    ftyp = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
+    meta = struct.pack(">I", 40) + b"meta" + bytes(32)
+    return "IMG_0001.HEIC", ftyp + meta
+
+
+def hostile_images() -> list[Sample]:
+    """Objects that must each become an error record (no IG1 call), never a crash."""
+    return [*broken_images(), bad_crc_png(), damaged_png(), bomb_png(),
+            flat_image(10_000, 10_000, "PNG"), svg_image(), heic_image()]

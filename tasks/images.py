@@ -6,7 +6,8 @@ the flow can write an error record and go on. The output is deterministic:
 the same bytes and options give the same bytes, whose SHA-256 is a cache key.
 
     Exception
-     └── ImageRejected  (reason: empty | too_large | not_an_image | corrupt | decompression_bomb)
+     └── ImageRejected  (reason: empty | too_large | not_an_image | unsupported_format
+                                 | corrupt | decompression_bomb)
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageRejected", "PreparedImage", "prepare_image"]
 
-Reason = Literal["empty", "too_large", "not_an_image", "corrupt", "decompression_bomb"]
+Reason = Literal[
+    "empty", "too_large", "not_an_image", "unsupported_format", "corrupt", "decompression_bomb"
+]
 
 # Formats a bucket of photos plausibly holds. Restricting ``Image.open`` to them
 # keeps exotic plugins (EPS runs Ghostscript, for one) away from untrusted bytes.
 # (Multi-picture "MPO" files from phones are opened by the JPEG plugin.)
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+# What Pillow could not identify is named by its first bytes, so the record says what to do:
+# the start of an accepted format means a damaged file; these pictures need converting.
+_ACCEPTED_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+                        (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"),
+                        (b"MM\x00*", "TIFF"))
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+_JPEG_XL = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 
 # ``warnings.catch_warnings`` swaps process-global state: serialise our own
 # entries so concurrent calls never restore each other's filters. Only the
@@ -152,11 +163,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             "downscale it first.",
         ) from None
     except UnidentifiedImageError:
-        raise ImageRejected(
-            "not_an_image",
-            "The bytes are not an image in an accepted format "
-            f"({', '.join(ACCEPTED_FORMATS)}); check the object, not its name.",
-        ) from None
+        raise _unidentified(data) from None
     except Exception as exc:  # a header so broken that a plugin crashed on it
         raise _corrupt(exc) from None
     pixels = image.width * image.height
@@ -164,6 +171,50 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         image.close()
         raise _bomb(pixels, image.size, max_pixels)
     return image
+
+
+def _unidentified(data: bytes) -> ImageRejected:
+    """Why Pillow could not open the bytes: a damaged accepted format, a format we do not send,
+    or not an image at all."""
+    accepted = ", ".join(ACCEPTED_FORMATS)
+    damaged = next((name for magic, name in _ACCEPTED_SIGNATURES if data.startswith(magic)), None)
+    if damaged is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        damaged = "WEBP"
+    if damaged is not None:
+        return ImageRejected(
+            "corrupt",
+            f"The bytes start like a {damaged} image but its header is damaged (Pillow cannot "
+            "parse it, e.g. a failed checksum); re-export or re-upload it.",
+        )
+    unsupported = _unsupported_format(data)
+    if unsupported is not None:
+        return ImageRejected(
+            "unsupported_format",
+            f"The object is in {unsupported} format, which is not sent to the model (accepted: "
+            f"{accepted}); convert it to JPEG or PNG, then re-upload it.",
+        )
+    return ImageRejected(
+        "not_an_image",
+        f"The bytes are not an image in an accepted format ({accepted}); check the object, "
+        "not its name.",
+    )
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    """The name of a picture format we recognise but do not send (HEIC, AVIF, JPEG XL, SVG)."""
+    if data[4:8] == b"ftyp":  # ISO-BMFF: the major brand, then compatible brands
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[i:i + 4] for i in range(8, min(max(size, 16), 64), 4)}
+        if brands & {b"avif", b"avis"}:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIC/HEIF"
+    if data.startswith(_JPEG_XL):
+        return "JPEG XL"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "SVG"
+    return None
 
 
 def _corrupt(exc: BaseException) -> ImageRejected:

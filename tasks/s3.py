@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "UNSUPPORTED_IMAGE_EXTENSIONS",
     "BucketNotFound",
     "ObjectTooLarge",
     "S3AccessDenied",
@@ -69,6 +70,11 @@ _CLIENT_CONFIG: dict[str, Any] = {
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+)
+# Pictures that cannot be sent as they are: listed anyway, so each gets an error record
+# naming its format and the fix instead of a silent skip.
+UNSUPPORTED_IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".heic", ".heif", ".avif", ".jxl", ".svg"}
 )
 
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404"})
@@ -164,11 +170,16 @@ def _client_config() -> dict[str, Any]:
     return copy.deepcopy(_CLIENT_CONFIG)
 
 
-def is_image_key(key: str) -> bool:
-    """Whether the key names an image by its extension (case-insensitive); folders are not."""
+def is_image_key(key: str, *, unsupported: bool = False) -> bool:
+    """Whether the key names an image by its extension (case-insensitive); folders are not.
+
+    With ``unsupported``, also pictures in formats that are not sent (HEIC, AVIF, SVG...).
+    """
     name = key.rsplit("/", 1)[-1]
     _, dot, extension = name.rpartition(".")
-    return bool(dot) and f".{extension.lower()}" in IMAGE_EXTENSIONS
+    suffix = f".{extension.lower()}"
+    return bool(dot) and (suffix in IMAGE_EXTENSIONS
+                          or (unsupported and suffix in UNSUPPORTED_IMAGE_EXTENSIONS))
 
 
 def _list_contents(client: S3Client, bucket: str, prefix: str) -> Iterator[ObjectTypeDef]:

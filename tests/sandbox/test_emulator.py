@@ -364,6 +364,15 @@ def test_budget_gives_402_after_n_successes(emulator: EmulatorServer, client: ht
     }
 
 
+def test_a_key_revoked_mid_run_gets_401(emulator: EmulatorServer, client: httpx.Client) -> None:
+    emulator.configure(revoke_key_after=2)
+    statuses = [
+        client.post("/responses", json={"model": MODEL, "input": "x"}).status_code for _ in range(4)
+    ]
+    assert statuses == [200, 200, 401, 401]
+    assert emulator.stats.requests == 4 and emulator.stats.by_status[401] == 2
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
 def test_every_endpoint_needs_the_key(emulator: EmulatorServer, headers: dict[str, str]) -> None:
     for method, path in [("POST", "/v1/responses"), ("GET", "/usage"), ("GET", "/usage/history")]:

@@ -70,3 +70,14 @@ def test_broken_samples_do_not_decode() -> None:
     for data in broken.values():
         with pytest.raises(Exception):
             open_image(data)
+
+
+def test_hostile_samples_are_what_they_say() -> None:
+    bomb = samples.bomb_png()[1]
+    assert len(bomb) < 60_000 and bomb[16:24] == (20_000).to_bytes(4, "big") * 2
+    name, flat = samples.flat_image(10_000, 10_000, "PNG")
+    assert name == "flat_10000x10000.png" and len(flat) < 50_000
+    good, bad = samples.small_png()[1], samples.bad_crc_png()[1]
+    assert len(good) == len(bad) and sum(a != b for a, b in zip(good, bad, strict=True)) == 1
+    assert samples.heic_image()[1][4:12] == b"ftypheic"
+    assert samples.svg_image()[1].startswith(b"<?xml") and len(samples.hostile_images()) == 9

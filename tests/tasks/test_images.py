@@ -116,6 +116,30 @@ def test_formats_outside_the_allowlist_are_not_opened() -> None:
     assert caught.value.reason == "not_an_image"
 
 
+@pytest.mark.parametrize(("data", "named"), [
+    (samples.heic_image()[1], "HEIC/HEIF"),
+    (struct.pack(">I", 20) + b"ftypavif" + bytes(4) + b"mif1", "AVIF"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(16), "JPEG XL"),
+    (samples.svg_image()[1], "SVG"),
+    (b"\xef\xbb\xbf  <svg xmlns='http://www.w3.org/2000/svg'/>", "SVG"),
+])
+def test_known_unsupported_formats_are_named_with_the_fix(data: bytes, named: str) -> None:
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == "unsupported_format"
+    assert f"in {named} format" in caught.value.message
+    assert "convert it to JPEG or PNG" in caught.value.message
+
+
+@pytest.mark.parametrize("data", [samples.bad_crc_png()[1], b"GIF89a" + bytes(5),
+                                  b"RIFF\x10\x00\x00\x00WEBPVP8 junk"])
+def test_a_damaged_header_of_an_accepted_format_is_corrupt_not_a_non_image(data: bytes) -> None:
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == "corrupt"
+    assert "damaged" in caught.value.message and "re-upload" in caught.value.message
+
+
 # 2: decompression bombs are refused by their declared size, before decoding.
 def test_a_real_400_megapixel_bomb_is_refused() -> None:
     data = _real_bomb()

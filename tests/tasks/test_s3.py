@@ -153,6 +153,12 @@ def test_is_image_key(key: str, expected: bool) -> None:
     assert is_image_key(key) is expected
 
 
+@pytest.mark.parametrize("key", ["IMG_0001.HEIC", "a.heif", "a.avif", "a.jxl", "d/a.svg"])
+def test_unsupported_pictures_are_image_keys_only_when_asked(key: str) -> None:
+    assert not is_image_key(key) and is_image_key(key, unsupported=True)
+    assert not is_image_key(key + ".txt", unsupported=True)
+
+
 def test_record_key_appends_json_under_the_output_prefix() -> None:
     assert record_key("descriptions/", "photos/a b.jpg") == "descriptions/photos/a b.jpg.json"
     assert record_key("", "x.png") == "x.png.json"

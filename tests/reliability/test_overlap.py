@@ -1,0 +1,100 @@
+"""Issue 7, item 7: two runs of the flow on the same bucket at the same time.
+
+Started together in two threads of one process, with IG1 latency so their calls overlap:
+every image ends with exactly one whole, valid record (the right source, the right bytes),
+both runs finish and write their outputs, and the calls paid stay below two runs' worth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows import describe_s3_images
+from flows.window import _controls
+from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
+from tests.reliability import helpers_b
+from tests.reliability.helpers_b import describe_calls, distinct_pngs, put, records, run_outputs
+
+bucket, env, prompt = helpers_b.bucket, helpers_b.env, helpers_b.prompt  # fixtures
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+IMAGES = 24
+
+
+def _together(*runs: Callable[[], Any]) -> list[Any]:
+    """Start the runs at the same instant, each on its own thread; their results in order."""
+    start = threading.Barrier(len(runs))
+
+    def go(run: Callable[[], Any]) -> Any:
+        start.wait()
+        return run()
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(go, runs))
+
+
+def _check_records(local_s3: LocalS3, bucket: str, images: list[tuple[str, bytes]]) -> None:
+    found = records(local_s3, bucket)  # each one parses and validates as an ImageRecord
+    assert set(found) == {f"in/{name}" for name, _ in images}  # one per image, no strays
+    for name, data in images:
+        doc = found[f"in/{name}"]
+        assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["error"] is None
+        assert doc["text"].startswith("Echo: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("same_name", [False, True], ids=["own-names", "same-name"])
+def test_two_runs_at_once_write_one_valid_record_per_image_and_pay_once(
+        env: EmulatorServer, local_s3: LocalS3, bucket: str, prompt: str,
+        same_name: bool) -> None:
+    """Also with one flow-run name for both (a templated ``flow_run_name``): the runs are told
+    apart by their ids."""
+    images = distinct_pngs(IMAGES, 9600)
+    put(local_s3, bucket, images)
+    env.configure(latency=0.5)  # 24 images at 4 in flight: ~3 s
+    flow = describe_s3_images.with_options(flow_run_name="nightly") if same_name else (
+        describe_s3_images)
+
+    def run() -> Any:
+        return flow(bucket, prompt=prompt, max_concurrency=4, return_state=True)
+
+    states = _together(run, run)
+
+    reports = [state.result() for state in states]  # neither failed
+    assert _overlap_seconds(states) > 1.0  # measured: 4.3-4.7 s of ~5 s
+    for report in reports:
+        assert sum(report.counts.values()) == IMAGES and not report.counts.get("failed")
+        # Each run counts its own calls: one per image it described, none for a shared one.
+        assert report.requests == report.counts.get("described", 0)
+    _check_records(local_s3, bucket, images)
+    # Single flight across the process plus the shared cache: each image is paid for once.
+    assert describe_calls(env) == IMAGES
+    assert sum(r.requests for r in reports) == IMAGES
+    assert not _controls  # both runs released their pools
+    names = {report.run for report in reports}
+    assert len(names) == (1 if same_name else 2)
+    if not same_name:  # a shared name shares the outputs' folder: the last run's stay
+        for report in reports:
+            outputs = run_outputs(local_s3, bucket, report.run)
+            assert len(outputs["manifest.jsonl"].splitlines()) == report.new
+            assert json.loads(outputs["run.json"])["counts"] == report.counts
+
+
+def _overlap_seconds(states: list[Any]) -> float:
+    """How long both flow runs were running at once, by the Prefect API's clock."""
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_run(state.state_details.flow_run_id) for state in states]
+    starts = [run.start_time for run in runs]
+    ends = [run.end_time for run in runs]
+    assert all(starts) and all(ends)
+    return float((min(ends) - max(starts)).total_seconds())  # type: ignore[type-var,operator]
