@@ -111,7 +111,8 @@ def _prepare(
         source_width, source_height = source.size
         image = _decode(source, max_side, use_draft=use_draft)
     image = _to_rgb_or_rgba(image)
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # never upscales
+    # Bicubic, as vision preprocessors use: on a drafted 12 MP photo it costs ~0.6x Lanczos.
+    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)  # never upscales
     payload, mime_type = _encode(image, jpeg_quality)
     return PreparedImage(
         data=payload,

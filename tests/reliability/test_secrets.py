@@ -12,6 +12,7 @@ database, result and cache files, and every record and run output in S3.
 from __future__ import annotations
 
 import base64
+import gzip
 import logging
 import os
 import pickle
@@ -189,10 +190,16 @@ def _prefect_api_dump(run_ids: list[Any]) -> bytes:
 
 
 def _s3_dump(local_s3: LocalS3, bucket: str) -> bytes:
+    """Every object's key and bytes, gzip-compressed ones (the record index) unpacked."""
     keys = all_keys(local_s3, bucket)
     assert any(k.endswith("run.json") for k in keys) and any("manifest" in k for k in keys)
-    return b"\n".join(key.encode() + b"\n" + s3(local_s3).get_object(
-        Bucket=bucket, Key=key)["Body"].read() for key in keys)
+    assert any(k.endswith(".gz") for k in keys)
+
+    def body(key: str) -> bytes:
+        data = s3(local_s3).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return gzip.decompress(data) if key.endswith(".gz") else data
+
+    return b"\n".join(key.encode() + b"\n" + body(key) for key in keys)
 
 
 def _files_dump(root: Path) -> bytes:
