@@ -1,5 +1,6 @@
-"""The services a benchmark measures against: the IG1 emulator and moto's S3, each in a
-process of its own on 127.0.0.1 (as real services would be), plus CPU accounting.
+"""The services a benchmark measures against: the IG1 emulator and moto's S3 (its S3 app
+alone, see ``sandbox.local_s3``), each in a process of its own on 127.0.0.1 (as real
+services would be), plus CPU accounting.
 
 Separate processes matter on a 2-core machine: the flow, the emulator and moto
 compete for the same cores, and each one's CPU seconds are read from /proc so a
@@ -13,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["API_KEY", "Services", "cpu_seconds", "free_port"]
+__all__ = ["API_KEY", "PrefectServer", "Services", "cpu_seconds", "free_port"]
 
 API_KEY = "sk-bench-0123456789"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,7 +49,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the service for {url} exited with {process.returncode}")
@@ -56,7 +58,7 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
             return
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up within 60 s")
+    raise RuntimeError(f"{url} did not come up within 180 s")
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Services:
             [sys.executable, "-m", "sandbox.emulator", "--port", str(ig1_port),
              "--api-key", API_KEY], **quiet)  # type: ignore[call-overload]
         self.processes["s3"] = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(s3_port)],
+            [sys.executable, "-m", "sandbox.local_s3", "--port", str(s3_port)],
             **quiet)  # type: ignore[call-overload]
         _wait_until_up(self.ig1_url + "/_emulator/stats", self.processes["ig1"])
         _wait_until_up(self.s3_url, self.processes["s3"])
@@ -136,3 +138,27 @@ class Services:
 
         with ThreadPoolExecutor(16) as pool:
             return len(list(pool.map(put, keys)))
+
+
+class PrefectServer:
+    """``prefect server start`` in a home of its own: what the probes run against."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        home = tempfile.mkdtemp(prefix="ig1-bench-server-")
+        self.env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+                    "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(self.port)], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def client_env(self) -> dict[str, str]:
+        """The environment of a process that runs flows against this server (once it is up)."""
+        _wait_until_up(self.api_url + "/health", self.process)
+        return {**self.env, "PREFECT_API_URL": self.api_url}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_CONCURRENCY = 8
 WINDOW_SIZE = 50
+SHUFFLE_BLOCK = 1000  # one S3 listing page
 
 
 class ItemErrors(Exception):
@@ -93,7 +96,7 @@ def describe_s3_images(
 ) -> RunReport:
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run."""
     logger = get_run_logger()
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(timezone.utc)
     run_id, run_name = _run_identity()
     profile = resolve_model(model)
     credentials = profile.get_credentials()
@@ -143,7 +146,8 @@ def describe_s3_images(
 
     report.timings["total_s"] = round(time.monotonic() - started, 3)
 
-    run_prefix = f"{output_prefix}_runs/{run_name}/"
+    # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
+    run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
     write_text(s3, bucket, run_prefix + "summary.md", summary)
     upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
     write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
@@ -232,20 +236,32 @@ def _record_etags(s3: Any, bucket: str, records_prefix: str) -> dict[str, str]:
             if obj.key.endswith(".json")}
 
 
-def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int
-             ) -> Iterator[list[Candidate] | ItemResult]:
-    """Windows of candidates to describe; images the index proves current come out alone."""
-    window: list[Candidate] = []
+def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int,
+             order: random.Random) -> Iterator[list[Candidate] | ItemResult]:
+    """Windows of candidates to describe; images the index proves current come out alone.
+
+    Candidates are taken in blocks of ``SHUFFLE_BLOCK`` as listed, each block shuffled
+    by the run's own ``order``: two runs overlapping on one bucket (a nightly run and an
+    upload-triggered one, in separate processes) then seldom reach the same image at the
+    same moment, and the later one finds the answer in the shared cache instead of
+    paying for it again.
+    """
+    block: list[Candidate] = []
+
+    def windows_of(block: list[Candidate]) -> Iterator[list[Candidate]]:
+        order.shuffle(block)
+        for start in range(0, len(block), size):
+            yield block[start:start + size]
+
     for candidate in candidates:
         if is_settled(candidate, index):
             yield ItemResult(key=candidate.key, status=ItemStatus.unchanged)
             continue
-        window.append(candidate)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
+        block.append(candidate)
+        if len(block) == SHUFFLE_BLOCK:
+            yield from windows_of(block)
+            block = []
+    yield from windows_of(block)
 
 
 def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window_size: int,
@@ -253,7 +269,8 @@ def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window
     """Submit windows with a bounded number in flight; stream results to the manifest."""
     in_flight_windows = max(2, math.ceil(2 * settings.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
-    windows = _windows(_candidates(s3, settings, report.prefix, report), index, window_size)
+    windows = _windows(_candidates(s3, settings, report.prefix, report), index, window_size,
+                       random.Random(settings.run_id))
     control = run_control(settings)
     for window in windows:
         if isinstance(window, ItemResult):

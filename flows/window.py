@@ -213,22 +213,26 @@ class CallGate:
             if hit is not None:
                 return hit, True
             try:
-                response = self._send(call, key, counted)
+                return self._send(call, key, counted)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 # The client's quick retries are spent: one slower second chance, like
                 # create_response's task retry, before the error is recorded.
                 time.sleep(self.settings.retry_delay_seconds)
-                response = self._send(call, key, counted)
-            return response, False
+                return self._send(call, key, counted)
 
         return self.control.once(key, pay)
 
-    def _send(self, call: PreparedCall, key: str, counted: bool) -> Response:
+    def _send(self, call: PreparedCall, key: str, counted: bool) -> tuple[Response, bool]:
         with self.control.calls, global_slot(self.settings.concurrency_limit_name):
             if self.control.stop_reason is not None:
                 raise NotAttempted
+            # Looked up again now that a slot is ours: another process (an overlapping
+            # run) may have paid for this answer while this item waited.
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
             if counted:
                 with self.control._lock:
                     self.control.requests_sent += 1
@@ -241,7 +245,7 @@ class CallGate:
             # Saved before the slot is freed: a crash loses at most one paid answer per
             # slot, so a rerun pays again for at most max_concurrency of them.
             self.cache.put(key, response)
-            return response
+            return response, False
 
 
 @dataclass

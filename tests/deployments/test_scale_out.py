@@ -341,7 +341,10 @@ def _image_digest_of(body: dict[str, Any]) -> str:
 
 
 def _run_json(fleet: Fleet, run: FlowRun) -> dict[str, Any]:
-    body = fleet.s3_client.get_object(Bucket=fleet.bucket, Key=f"out/_runs/{run.name}/run.json")
+    listed = fleet.s3_client.list_objects_v2(Bucket=fleet.bucket, Prefix="out/_runs/")
+    key, = (obj["Key"] for obj in listed.get("Contents", [])
+            if obj["Key"].endswith(f"Z-{run.name}/run.json"))
+    body = fleet.s3_client.get_object(Bucket=fleet.bucket, Key=key)
     document: dict[str, Any] = json.loads(body["Body"].read())
     return document
 

@@ -151,8 +151,10 @@ def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
     report = describe(bucket, prefix="in/")
     assert env.stats.requests == calls
     written = set(all_keys(local_s3, bucket)) - before
-    assert written == {f"descriptions/_runs/{report.run}/{name}"
-                       for name in ("summary.md", "manifest.jsonl", "run.json")}
+    assert written == {url.removeprefix(f"s3://{bucket}/") for url in report.outputs.values()}
+    assert {key.rsplit("/", 1)[1] for key in written} == {"summary.md", "manifest.jsonl",
+                                                         "run.json"}
+    assert all(key.split("/")[2].endswith(f"Z-{report.run}") for key in written)
     assert report.counts == {"unchanged": 5} and report.requests == 0
 
 
@@ -371,7 +373,7 @@ def test_summary_map_reduces_past_one_prompt(env: EmulatorServer, local_s3: Loca
     report = describe(bucket, prefix="in/", summary_chunk_chars=600)
     assert report.summary_calls > 2
     summary = local_s3.client().get_object(
-        Bucket=bucket, Key=f"descriptions/_runs/{report.run}/summary.md")["Body"].read().decode()
+        Bucket=bucket, Key=report.outputs["summary.md"].removeprefix(f"s3://{bucket}/"))["Body"].read().decode()
     assert summary.startswith(f"# Image descriptions: run {report.run}")
     prompts = [b for b in env.stats.received if "input_image" not in json.dumps(b)]
     assert prompts and all(len(b["input"]) <= 600 for b in prompts)

@@ -107,9 +107,10 @@ def records(local_s3: LocalS3, bucket: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def run_outputs(local_s3: LocalS3, bucket: str, run: str) -> dict[str, str]:
-    """``summary.md``, ``manifest.jsonl`` and ``run.json`` of one run, as text."""
-    prefix = f"{OUTPUT_PREFIX}_runs/{run}/"
+def run_outputs(local_s3: LocalS3, bucket: str, folder: str) -> dict[str, str]:
+    """``summary.md``, ``manifest.jsonl`` and ``run.json`` of one run (its folder under
+    ``_runs/``: ``<started-at>-<run name>``), as text."""
+    prefix = f"{OUTPUT_PREFIX}_runs/{folder}/"
     return {name: object_text(local_s3, bucket, prefix + name)
             for name in ("summary.md", "manifest.jsonl", "run.json")}
 

@@ -99,8 +99,9 @@ def test_every_bad_object_gets_a_clear_error_record_and_the_run_goes_on(
         assert doc["error"] is None and doc["text"].startswith("Echo: "), (key, doc)
         assert max(doc["sent_width"], doc["sent_height"]) <= 1024
 
+    folder = report.outputs["run.json"].split("/")[-2]
     manifest = [json.loads(line) for line in
-                run_outputs(local_s3, bucket, report.run)["manifest.jsonl"].splitlines()]
+                run_outputs(local_s3, bucket, folder)["manifest.jsonl"].splitlines()]
     assert sorted(item["key"] for item in manifest) == sorted(found)
 
     _sent_as_converted(env, found)

@@ -25,3 +25,41 @@ def test_stop_refuses_connections_and_start_serves_the_same_state() -> None:
         assert client.get_object(Bucket=bucket, Key="kept.txt")["Body"].read() == b"still here"
     finally:
         s3.stop()
+
+
+def test_the_s3_only_server_of_the_benchmarks_serves_tricky_keys() -> None:
+    """``python -m sandbox.local_s3``: moto's S3 app alone, in a process of its own."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "sandbox.local_s3", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        client.create_bucket(Bucket="photos")
+        key = "été 2024/a+b%20c.png"
+        client.put_object(Bucket="photos", Key=key, Body=b"bytes")
+        assert client.get_object(Bucket="photos", Key=key)["Body"].read() == b"bytes"
+        listed = client.list_objects_v2(Bucket="photos")["Contents"]
+        assert [item["Key"] for item in listed] == [key]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
