@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
+from flows.describe_images import DEFAULT_PROMPT
 from flows.records import ImageRecord
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
@@ -43,6 +44,26 @@ def flow_env(local_s3: LocalS3, ig1_env: EmulatorServer,
     for name, value in local_s3.env().items():
         monkeypatch.setenv(name, value)
     return ig1_env
+
+
+@pytest.fixture
+def env(flow_env: EmulatorServer) -> EmulatorServer:
+    """The same, by the short name the flow tests use."""
+    return flow_env
+
+
+@pytest.fixture
+def bucket(local_s3: LocalS3) -> str:
+    """A new, empty bucket per test."""
+    name = f"rel-{uuid.uuid4().hex[:12]}"
+    local_s3.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def prompt() -> str:
+    """A prompt no other test sends: the response cache is shared by the whole session."""
+    return f"{DEFAULT_PROMPT} [{uuid.uuid4().hex[:8]}]"
 
 
 @pytest.fixture

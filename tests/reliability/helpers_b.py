@@ -1,7 +1,7 @@
-"""Helpers of the reliability suite, part B: fixtures, S3 reads, counts from the emulator.
+"""Helpers of the reliability suite: S3 reads and counts from the emulator.
 
-Test modules import the fixtures they use from here (``env``, ``bucket``, ``prompt``);
-the S3 helpers of the flow tests are reused, not copied.
+The fixtures (``env``, ``bucket``, ``prompt``) are in this folder's conftest; the S3
+helpers of the flow tests are reused, not copied.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import hashlib
 import io
 import json
 import re
-import uuid
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from PIL import Image
 
-from flows.describe_images import DEFAULT_PROMPT
 from flows.records import ImageRecord
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
@@ -29,12 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "all_keys",
-    "bucket",
     "describe_calls",
     "distinct_pngs",
-    "env",
     "object_text",
-    "prompt",
     "put",
     "records",
     "run_outputs",
@@ -44,29 +38,6 @@ __all__ = [
 
 OUTPUT_PREFIX = "descriptions/"
 _SENT_DIGEST = re.compile(r"sha256:([0-9a-f]{16})")
-
-
-@pytest.fixture
-def env(local_s3: LocalS3, ig1_env: EmulatorServer,
-        monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
-    """boto3's default chain on moto, IG1 credentials from the environment (the emulator)."""
-    for name, value in local_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return ig1_env
-
-
-@pytest.fixture
-def bucket(local_s3: LocalS3) -> str:
-    """A new, empty bucket per test."""
-    name = f"rel-b-{uuid.uuid4().hex[:12]}"
-    local_s3.client().create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def prompt() -> str:
-    """A prompt no other test sends: the response cache is shared by the whole session."""
-    return f"{DEFAULT_PROMPT} [{uuid.uuid4().hex[:8]}]"
 
 
 def distinct_pngs(count: int, first_seed: int, name: str = "p{}.png") -> list[tuple[str, bytes]]:

@@ -19,7 +19,6 @@ from flows import describe_s3_images
 from sandbox import sample_images as samples
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
-from tests.reliability import helpers_b
 from tests.reliability.helpers_b import (
     describe_calls,
     distinct_pngs,
@@ -28,8 +27,6 @@ from tests.reliability.helpers_b import (
     run_outputs,
     sent_image,
 )
-
-bucket, env, prompt = helpers_b.bucket, helpers_b.env, helpers_b.prompt  # fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -29,8 +29,6 @@ from sandbox.local_s3 import LocalS3
 from tests.reliability import helpers_b
 from tests.reliability.helpers_b import distinct_pngs, put, records, run_outputs
 
-bucket, env, prompt = helpers_b.bucket, helpers_b.env, helpers_b.prompt  # fixtures
-
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 IMAGES = 24

@@ -25,10 +25,8 @@ from flows import describe_s3_images
 from flows.window import _controls
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
-from tests.reliability import conftest, helpers_b
+from tests.reliability import conftest
 from tests.reliability.helpers_b import describe_calls, distinct_pngs, put, records, run_outputs
-
-bucket, env, prompt = helpers_b.bucket, helpers_b.env, helpers_b.prompt  # fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -43,10 +43,7 @@ from sandbox import sample_images as samples
 from sandbox.emulator import EmulatorServer
 from sandbox.local_s3 import LocalS3
 from tasks import create_response
-from tests.reliability import helpers_b
 from tests.reliability.helpers_b import all_keys, distinct_pngs, put, s3
-
-bucket, prompt = helpers_b.bucket, helpers_b.prompt  # fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
