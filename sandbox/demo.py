@@ -54,15 +54,15 @@ def main() -> int:
         uploaded = _upload(s3)
         print(f"Uploaded {uploaded} objects to s3://{BUCKET}/incoming/ (moto at "
               f"{s3.endpoint_url}); IG1 emulator at {emulator.base_url}")
+        reports = []
         for attempt in ("first run", "rerun, nothing new"):
             before = emulator.stats.requests
             started = time.perf_counter()
-            report = describe_s3_images(BUCKET, prefix="incoming/")
-            print(f"\n== {attempt}: {report.headline()}")
+            reports.append(describe_s3_images(BUCKET, prefix="incoming/"))
+            print(f"\n== {attempt}: {reports[-1].headline()}")
             print(f"   {emulator.stats.requests - before} HTTP call(s) to IG1, "
                   f"{time.perf_counter() - started:.1f} s")
-        summary_key = report.outputs["summary.md"].split(f"s3://{BUCKET}/", 1)[1]
-        first_summary = summary_key.replace(report.run, _first_run(s3))
+        first_summary = reports[0].outputs["summary.md"].removeprefix(f"s3://{BUCKET}/")
         body = s3.client().get_object(Bucket=BUCKET, Key=first_summary)["Body"].read()
         print(f"\nSummary of the first run (s3://{BUCKET}/{first_summary}):\n")
         print(body.decode())
@@ -72,14 +72,6 @@ def main() -> int:
                                         + broken_images()[0][0] + ".json")["Body"].read()
         print(f"An error record:\n{record.decode()}")
     return 0
-
-
-def _first_run(s3: LocalS3) -> str:
-    """The name of the earliest run, from its run.json's place in the bucket."""
-    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="descriptions/_runs/")
-    runs = sorted((obj["LastModified"], obj["Key"].split("/")[2])
-                  for obj in listed.get("Contents", []) if obj["Key"].endswith("run.json"))
-    return runs[0][1]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""``make demo`` (``python -m sandbox.demo``), the README's first command, end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_demo_describes_summarises_and_reruns_for_free(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "IG1AI_", "AWS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-m", "sandbox.demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    first, rerun = out.split("== first run: ")[1], out.split("== rerun, nothing new: ")[1]
+    assert " 0 failed" not in first.splitlines()[0]  # the broken files are counted failed
+    assert "0 new" in rerun.splitlines()[0] and "0 HTTP call(s) to IG1" in rerun
+    assert "Summary of the first run (s3://demo-photos/descriptions/_runs/" in out
+    assert "# Image descriptions: run " in out and '"error": {' in out
