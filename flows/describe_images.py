@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -29,10 +29,12 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
+from pydantic import Field
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
 from tasks import prepare_call, resolve_model
+from tasks.images import DEFAULT_MAX_PIXELS
 from tasks.s3 import (
     ensure_bucket_exists,
     is_image_key,
@@ -44,15 +46,17 @@ from tasks.s3 import (
     write_text,
 )
 
+from .markdown import escape_markdown, publishable_markdown, summary_line
 from .record_index import IndexEntry, entry_for, is_settled, load_index, save_index
 from .records import ItemStatus
 from .reporting import RunReport, publish_artifacts
-from .summary import DEFAULT_SUMMARY_PROMPT, SummaryResult, map_reduce_summary
+from .summary import DEFAULT_SUMMARY_PROMPT, MIN_CHUNK_CHARS, SummaryResult, map_reduce_summary
 from .window import (
     CallGate,
     Candidate,
     DescribeSettings,
     ItemResult,
+    check_global_limit,
     describe_window,
     release_run_control,
     run_control,
@@ -65,6 +69,8 @@ DEFAULT_PROMPT = (
     "notable objects, any visible text, and the overall mood, in 2-4 sentences."
 )
 DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 256
+"""Calls in flight at most, however high /usage's max_throughput claims to be."""
 WINDOW_SIZE = 50
 SHUFFLE_BLOCK = 1000  # one S3 listing page
 
@@ -76,30 +82,42 @@ class ItemErrors(Exception):
 @flow(name="describe-s3-images",
       task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 def describe_s3_images(
-    bucket: str,
+    bucket: Annotated[str, Field(min_length=3, max_length=255)],
     prefix: str = "",
-    output_prefix: str = "descriptions/",
+    output_prefix: Annotated[str, Field(min_length=1)] = "descriptions/",
     model: ResponsesModel | str | None = None,
-    prompt: str = DEFAULT_PROMPT,
-    summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
-    max_concurrency: int | None = None,
+    prompt: Annotated[str, Field(min_length=1)] = DEFAULT_PROMPT,
+    summary_prompt: Annotated[str, Field(min_length=1)] = DEFAULT_SUMMARY_PROMPT,
+    max_concurrency: Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)] = None,
     concurrency_limit_name: str | None = None,
-    max_image_side: int = 1024,
-    max_object_mb: float = 50.0,
-    detail: str = "auto",
-    max_output_tokens: int | None = None,
-    window_size: int = WINDOW_SIZE,
-    summary_chunk_chars: int = 12_000,
-    retry_delay_seconds: float = 10.0,
+    max_image_side: Annotated[int, Field(ge=16, le=16_384)] = 1024,
+    max_object_mb: Annotated[float, Field(gt=0, le=1024)] = 50.0,
+    max_image_pixels: Annotated[int, Field(ge=1_000_000, le=1_000_000_000)] = DEFAULT_MAX_PIXELS,
+    detail: Literal["auto", "low", "high"] = "auto",
+    max_output_tokens: Annotated[int | None, Field(ge=1)] = None,
+    window_size: Annotated[int, Field(ge=1, le=1000)] = WINDOW_SIZE,
+    summary_chunk_chars: Annotated[int, Field(ge=MIN_CHUNK_CHARS, le=1_000_000)] = 12_000,
+    retry_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0,
+    slot_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0,
     fail_on_item_errors: bool = False,
     aws_credentials: AwsCredentials | None = None,
 ) -> RunReport:
-    """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run."""
+    """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run.
+
+    Parameters are checked before anything is read or sent (ranges in the signature);
+    ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``.
+    """
     logger = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(timezone.utc)
+    if prefix.startswith(output_prefix):
+        raise ValueError(
+            f"prefix {prefix!r} lies under output_prefix {output_prefix!r}, where the run "
+            "writes its records: nothing there would be described. Use another output_prefix.")
     run_id, run_name = _run_identity()
     profile = resolve_model(model)
     credentials = profile.get_credentials()
+    if concurrency_limit_name:
+        check_global_limit(concurrency_limit_name)
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
     concurrency = max_concurrency or _concurrency_from_usage(credentials)
@@ -108,54 +126,54 @@ def describe_s3_images(
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
         params={"max_output_tokens": max_output_tokens} if max_output_tokens else {},
         detail=detail, max_image_side=max_image_side,
-        max_object_bytes=int(max_object_mb * 1024 * 1024), max_concurrency=concurrency,
-        concurrency_limit_name=concurrency_limit_name, retry_delay_seconds=retry_delay_seconds,
+        max_object_bytes=int(max_object_mb * 1024 * 1024), max_image_pixels=max_image_pixels,
+        max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
+        slot_timeout_seconds=slot_timeout_seconds, retry_delay_seconds=retry_delay_seconds,
     )
     report = RunReport(run=run_name, bucket=bucket, prefix=prefix, output_prefix=output_prefix,
                        model=profile.model, max_concurrency=concurrency)
     logger.info("Describing new images in s3://%s/%s with %s, %d calls in flight",
                 bucket, prefix, profile.model, concurrency)
 
-    workdir = Path(tempfile.mkdtemp(prefix="ig1-run-"))
-    manifest = workdir / "manifest.jsonl"
     index = load_index(s3, bucket, output_prefix)
     learnt: dict[str, IndexEntry] = {}
-    try:
-        with manifest.open("w", encoding="utf-8") as lines:
-            for result in _describe_all(s3, settings, report, window_size, lines, index):
-                report.count(result)
-                entry = entry_for(result)
-                if entry is not None and index.get(result.key) != entry:
-                    learnt[result.key] = entry
-        if learnt:
-            save_index(s3, bucket, output_prefix, {**index, **learnt})
-        report.timings["describe_s"] = round(time.monotonic() - started, 3)
-        report.requests = run_control(settings).requests_sent
-        stop = run_control(settings).stop_reason
-        summary_started = time.monotonic()
-        stop_error = None if stop is None else _stop_error(stop, report)
-        if stop_error is None:
-            summary = _summarise(manifest, settings, summary_prompt, summary_chunk_chars,
-                                 report)
-        else:  # every further call would fail the same way: send nothing more
-            summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
-            report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
-        report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
-    finally:
-        release_run_control(run_id)
+    with tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir:
+        manifest = Path(workdir) / "manifest.jsonl"
+        try:
+            with manifest.open("w", encoding="utf-8") as lines:
+                for result in _describe_all(s3, settings, report, window_size, lines, index):
+                    report.count(result)
+                    entry = entry_for(result, settings.digest)
+                    if entry is not None and index.get(result.key) != entry:
+                        learnt[result.key] = entry
+            if learnt:
+                save_index(s3, bucket, output_prefix, {**index, **learnt})
+            report.timings["describe_s"] = round(time.monotonic() - started, 3)
+            control = run_control(settings)
+            report.requests = control.requests_sent
+            summary_started = time.monotonic()
+            if control.stop_reason is None:
+                summary = _summarise(manifest, settings, summary_prompt, summary_chunk_chars,
+                                     report)
+            stop = control.stop_reason  # a refusal may also come during the summary
+            stop_error = None if stop is None else _stop_error(stop, report)
+            if stop_error is not None:
+                if report.summary_calls == 0:  # every further call would fail the same way
+                    summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
+                report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
+            report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
+        finally:
+            release_run_control(run_id)
 
-    report.timings["total_s"] = round(time.monotonic() - started, 3)
-
-    # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
-    run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
-    write_text(s3, bucket, run_prefix + "summary.md", summary)
-    upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
-    write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
-    report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
-                      for name in ("summary.md", "manifest.jsonl", "run.json")}
-    publish_artifacts(report, manifest, summary)
-    manifest.unlink(missing_ok=True)
-    workdir.rmdir()
+        report.timings["total_s"] = round(time.monotonic() - started, 3)
+        # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
+        run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
+        write_text(s3, bucket, run_prefix + "summary.md", summary)
+        upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
+        write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
+        report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
+                          for name in ("summary.md", "manifest.jsonl", "run.json")}
+        publish_artifacts(report, manifest, summary)
     logger.info("Run %s: %s", run_name, report.headline())
 
     if stop_error is not None:
@@ -203,7 +221,11 @@ def _concurrency_from_usage(credentials: IG1Credentials) -> int:
     if usage.remaining <= 0:
         logger.warning("IG1 budget already spent this month (%.2f of %.2f): calls will fail "
                        "with 402 until the commit is raised", usage.current, usage.commit)
-    return max(1, usage.max_throughput or DEFAULT_CONCURRENCY)
+    claimed = usage.max_throughput or DEFAULT_CONCURRENCY
+    if claimed > MAX_CONCURRENCY:
+        logger.warning("IG1 /usage claims max_throughput=%d: capped at %d calls in flight "
+                       "(pass max_concurrency to choose)", claimed, MAX_CONCURRENCY)
+    return max(1, min(claimed, MAX_CONCURRENCY))
 
 
 def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
@@ -237,7 +259,7 @@ def _record_etags(s3: Any, bucket: str, records_prefix: str) -> dict[str, str]:
 
 
 def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int,
-             order: random.Random) -> Iterator[list[Candidate] | ItemResult]:
+             order: random.Random, digest: str) -> Iterator[list[Candidate] | ItemResult]:
     """Windows of candidates to describe; images the index proves current come out alone.
 
     Candidates are taken in blocks of ``SHUFFLE_BLOCK`` as listed, each block shuffled
@@ -254,7 +276,7 @@ def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size
             yield block[start:start + size]
 
     for candidate in candidates:
-        if is_settled(candidate, index):
+        if is_settled(candidate, index, digest):
             yield ItemResult(key=candidate.key, status=ItemStatus.unchanged)
             continue
         block.append(candidate)
@@ -270,7 +292,7 @@ def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window
     in_flight_windows = max(2, math.ceil(2 * settings.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
     windows = _windows(_candidates(s3, settings, report.prefix, report), index, window_size,
-                       random.Random(settings.run_id))
+                       random.Random(settings.run_id), settings.digest)
     control = run_control(settings)
     for window in windows:
         if isinstance(window, ItemResult):
@@ -307,7 +329,7 @@ def summarize_run(manifest: Path, settings: DescribeSettings, summary_prompt: st
             for row in rows:
                 item = json.loads(row)
                 if item.get("text"):
-                    yield f"- {item['key']}: {' '.join(item['text'].split())}"
+                    yield summary_line(item["key"], item["text"])
 
     def summarize(chunks: list[str]) -> list[str]:
         calls = [prepare_call(chunk, model=settings.profile, credentials=settings.credentials,
@@ -331,13 +353,14 @@ def _summarise(manifest: Path, settings: DescribeSettings, summary_prompt: str,
         return header + "_No new descriptions in this run._\n"
     try:
         result = summarize_run(manifest, settings, summary_prompt, chunk_chars)
-    except IG1Error as exc:
-        get_run_logger().warning("summary failed: %s", exc)
-        return header + f"_Summary unavailable: {type(exc).__name__}: {exc}_\n"
+    except Exception as exc:  # the descriptions are done: the run's outputs are written anyway
+        get_run_logger().warning("summary failed: %s: %s", type(exc).__name__, exc)
+        why = escape_markdown(f"{type(exc).__name__}: {exc}")
+        return header + f"_Summary unavailable: {why}_\n"
     if result is None:
         return header + "_No new descriptions in this run._\n"
     report.summary_calls = result.calls
-    return header + result.text.strip() + "\n"
+    return header + publishable_markdown(result.text).strip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,10 @@ read from or written as. A listed record whose ETag still matches its entry is
 byte for byte the one judged, so the entry stands for it. Anything else (no entry,
 a rewritten record, an index lost to a crash or overwritten by an overlapping run)
 falls back to reading the record: the index makes a run faster, never wrong.
+
+The index sits in a bucket others may write to: it is read within size caps
+(compressed and decompressed, streamed) and each entry is type-checked; past a
+cap, or for a malformed entry, the index (or the entry) is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import zlib
 from typing import Any, NamedTuple
 
-from tasks.s3 import read_if_exists
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasks.s3 import ObjectTooLarge, read_if_exists
 
 from .records import ItemStatus
 from .window import Candidate, ItemResult
@@ -24,6 +31,10 @@ from .window import Candidate, ItemResult
 __all__ = ["INDEX_NAME", "IndexEntry", "entry_for", "is_settled", "load_index", "save_index"]
 
 INDEX_NAME = "_state/record-index.jsonl.gz"
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+"""Compressed size read at most (a million images make ~40 MB)."""
+MAX_INDEX_EXPANDED_BYTES = 512 * 1024 * 1024
+"""Decompressed size accepted at most: a gzip bomb stops here, not at the memory's end."""
 logger = logging.getLogger(__name__)
 
 
@@ -32,45 +43,86 @@ class IndexEntry(NamedTuple):
     record_etag: str
     settled: bool
     """No new attempt is due while the source keeps this ETag (described, or a lasting error)."""
+    settings: str | None = None
+    """For a lasting error: the run settings it holds for (another run's settings retry it)."""
 
 
-def is_settled(candidate: Candidate, index: dict[str, IndexEntry]) -> bool:
+class _IndexRow(BaseModel):
+    """One line as stored; strict, so ``"settled": "false"`` or a null ETag is refused."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    key: str
+    etag: str
+    record_etag: str
+    settled: bool
+    settings: str | None = None
+
+
+def is_settled(candidate: Candidate, index: dict[str, IndexEntry], settings: str) -> bool:
     """True when the index proves this image's record current: no need to read it."""
     entry = index.get(candidate.key)
     return (entry is not None and entry.settled and entry.source_etag == candidate.etag
-            and entry.record_etag == candidate.record_etag)
+            and entry.record_etag == candidate.record_etag
+            and entry.settings in (None, settings))
 
 
-def entry_for(result: ItemResult) -> IndexEntry | None:
+def entry_for(result: ItemResult, settings: str) -> IndexEntry | None:
     """What a run learnt of one image, if it wrote or read its record."""
     if result.etag is None or result.record_etag is None:
         return None
-    settled = (result.status is not ItemStatus.failed
-               or (result.error is not None and not result.error.retryable))
-    return IndexEntry(result.etag, result.record_etag, settled)
+    if result.status is not ItemStatus.failed:
+        return IndexEntry(result.etag, result.record_etag, True)
+    lasting = result.error is not None and not result.error.retryable
+    return IndexEntry(result.etag, result.record_etag, lasting, settings if lasting else None)
 
 
 def load_index(s3: Any, bucket: str, output_prefix: str) -> dict[str, IndexEntry]:
-    """The last saved index; empty when there is none or it cannot be read."""
+    """The last saved index; empty when there is none or it cannot be read within the caps."""
     key = output_prefix + INDEX_NAME
-    data = read_if_exists(s3, bucket, key)
-    if data is None:
-        return {}
     try:
-        rows = (json.loads(line) for line in gzip.decompress(data).splitlines() if line)
-        return {row["key"]: IndexEntry(row["etag"], row["record_etag"], bool(row["settled"]))
-                for row in rows}
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("Ignoring the unreadable record index s3://%s/%s (%s): this run reads "
-                       "each record instead, and writes a new index", bucket, key, exc)
+        data = read_if_exists(s3, bucket, key, max_bytes=MAX_INDEX_BYTES)
+        if data is None:
+            return {}
+        text = _gunzip(data, MAX_INDEX_EXPANDED_BYTES)
+    except (ObjectTooLarge, OSError, EOFError, zlib.error, ValueError) as exc:
+        logger.warning("Ignoring the unreadable record index s3://%s/%s (%s): this run reads each record "
+                       "instead, and writes a new index", bucket, key, exc)
         return {}
+    index: dict[str, IndexEntry] = {}
+    malformed = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = _IndexRow.model_validate_json(line)
+        except ValidationError:
+            malformed += 1
+            continue
+        index[row.key] = IndexEntry(row.etag, row.record_etag, row.settled, row.settings)
+    if malformed:
+        logger.warning("Ignoring %d malformed entries of the record index s3://%s/%s: their "
+                       "records are read instead", malformed, bucket, key)
+    return index
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress in a stream, refusing to produce more than ``limit`` bytes."""
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = inflate.decompress(data, limit + 1)
+    if len(out) > limit or inflate.unconsumed_tail:
+        raise ValueError(f"the index expands past {limit:,} bytes")
+    if not inflate.eof:
+        raise EOFError("the index is truncated")
+    return out
 
 
 def save_index(s3: Any, bucket: str, output_prefix: str,
                index: dict[str, IndexEntry]) -> None:
     """Write the index whole (one PUT: a reader sees the old one or the new one)."""
     lines = (json.dumps({"key": key, "etag": entry.source_etag,
-                         "record_etag": entry.record_etag, "settled": entry.settled},
+                         "record_etag": entry.record_etag, "settled": entry.settled,
+                         **({"settings": entry.settings} if entry.settings else {})},
                         ensure_ascii=False) for key, entry in sorted(index.items()))
     body = gzip.compress("\n".join(lines).encode("utf-8"), compresslevel=5)
     s3.put_object(Bucket=bucket, Key=output_prefix + INDEX_NAME, Body=body,

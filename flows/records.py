@@ -1,8 +1,11 @@
 """The per-image record: what was described, from which bytes, by what, at what cost.
 
 Records at ``{output_prefix}{key}.json`` ARE the job's state: an image is new
-when its record is missing, its ETag changed, or its last attempt failed in a
-way a later run can fix (a transient error, an exhausted budget).
+when its record is missing or unreadable, its ETag changed, or its last attempt
+failed in a way a later run can fix. Only the image's or the request's own fault
+(refused by preparation, too large, a 400/404/413/422 from IG1, an incomplete
+answer) is lasting, and only while the run's settings stay the same: anything
+else (an outage, a spent budget, a full disk, a bug) is tried again.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ig1 import AuthenticationError, BudgetExhaustedError, Response, is_transient
+from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, Response
 
 __all__ = [
     "ImageRecord",
     "ItemStatus",
     "RecordError",
+    "is_item_fault",
     "is_run_stopping",
     "needs_description",
     "utc_now",
 ]
+
+_ITEM_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 
 class ItemStatus(str, Enum):
@@ -45,12 +51,12 @@ class RecordError(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> RecordError:
-        # Transient faults, a spent budget or refused credentials are not the image's
-        # fault: a later run tries again. A corrupt image or a 400 stays failed until
-        # the object changes (its ETag).
-        return cls(type=type(exc).__name__, message=str(getattr(exc, "message", exc))[:1000],
+        # Unknown errors are not the image's fault: a later run tries again (giving an
+        # image up for good takes proof that the image or the request is to blame).
+        message = str(getattr(exc, "message", exc)) or type(exc).__name__
+        return cls(type=type(exc).__name__, message=message[:1000],
                    request_id=getattr(exc, "request_id", None),
-                   retryable=is_transient(exc) or is_run_stopping(exc))
+                   retryable=not is_item_fault(exc))
 
 
 class ImageRecord(BaseModel):
@@ -72,25 +78,43 @@ class ImageRecord(BaseModel):
     sent_bytes: int | None = None
     source_bytes: int | None = None
     flow_run: str | None = None
+    settings: str | None = Field(
+        default=None, description="Digest of the run settings a lasting failure holds for.")
 
     @classmethod
     def described(cls, *, response: Response, cached: bool, **fields: Any) -> ImageRecord:
-        usage = response.usage.model_dump(include={"input_tokens", "output_tokens",
-                                                   "total_tokens"}) if response.usage else None
-        return cls(text=response.output_text, usage=usage, cached=cached,
+        return cls(text=response.output_text, usage=_usage(response), cached=cached,
                    request_id=response.request_id, status=response.status, **fields)
 
     @classmethod
-    def failed(cls, *, error: RecordError, **fields: Any) -> ImageRecord:
+    def failed(cls, *, error: RecordError, response: Response | None = None,
+               **fields: Any) -> ImageRecord:
+        """An error record; an answer that was not a description keeps its status and usage."""
+        if response is not None:
+            fields.update(status=response.status, request_id=response.request_id,
+                          usage=_usage(response))
         return cls(error=error, **fields)
 
 
-def needs_description(existing: dict[str, Any] | None, etag: str) -> bool:
-    """True when there is no current record for this ETag, or its failure may not recur."""
-    if not existing or existing.get("source_etag") != etag:
+def _usage(response: Response) -> dict[str, Any] | None:
+    if response.usage is None:
+        return None
+    return response.usage.model_dump(include={"input_tokens", "output_tokens", "total_tokens"})
+
+
+def needs_description(existing: ImageRecord | None, etag: str, settings: str) -> bool:
+    """True unless the record describes these bytes, or failed on them for a lasting reason
+    under these same settings (another prompt, size or cap deserves another try)."""
+    if existing is None or existing.source_etag != etag:
         return True
-    error = existing.get("error")
-    return bool(error and error.get("retryable"))
+    if existing.error is None:
+        return False
+    return existing.error.retryable or existing.settings != settings
+
+
+def is_item_fault(exc: BaseException) -> bool:
+    """The request itself was refused (400/404/413/422): sending it again cannot help."""
+    return isinstance(exc, APIStatusError) and exc.status in _ITEM_FAULT_STATUSES
 
 
 def utc_now() -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, computed_field
 
+from .markdown import one_line, publishable_markdown
 from .records import ItemStatus
 from .window import ItemResult
 
@@ -75,8 +76,9 @@ def publish_artifacts(report: RunReport, manifest: Path, summary: str) -> None:
             statuses[item["status"]] += 1
             if len(rows) < MAX_TABLE_ROWS:
                 words = (item.get("text") or (item.get("error") or {}).get("message") or "")
-                rows.append({"key": item["key"], "status": item["status"],
-                             "first words": " ".join(words.split()[:12])})
+                rows.append({"key": one_line(item["key"]), "status": item["status"],
+                             "first words": publishable_markdown(
+                                 " ".join(one_line(words).split()[:12]))})
     more = sum(statuses.values()) - len(rows)
     create_table_artifact(
         key="described-images", table=rows,

@@ -10,11 +10,13 @@ client, retry policy, cache key and cache store as ``create_response``.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +30,15 @@ from pydantic import BaseModel, ConfigDict
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import InputImage, InputMessage, InputText, Response, is_transient
 from tasks import PreparedCall, ResponseCache, create_response, prepare_call
-from tasks.images import ImageRejected, PreparedImage, prepare_image
-from tasks.s3 import ObjectTooLarge, read_bytes, read_json, record_key, s3_client, write_json
+from tasks.images import DEFAULT_MAX_PIXELS, ImageRejected, PreparedImage, prepare_image
+from tasks.s3 import ObjectTooLarge, read_bytes, read_if_exists, record_key, s3_client, write_json
 
 from .records import ImageRecord, ItemStatus, RecordError, is_run_stopping, needs_description
+
+logger = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1024 * 1024
+"""A record is a few KB: a larger object under a record's key is not one of ours."""
 
 __all__ = [
     "CallGate",
@@ -72,9 +79,22 @@ class DescribeSettings(BaseModel):
     detail: str = "auto"
     max_image_side: int = 1024
     max_object_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_concurrency: int = 8
     concurrency_limit_name: str | None = None
+    slot_timeout_seconds: float = 600.0
     retry_delay_seconds: float = 10.0
+
+    @property
+    def digest(self) -> str:
+        """What a lasting failure depends on besides the image: another value, another try."""
+        material = {"base_url": self.credentials.base_url, "model": self.profile.model,
+                    "prompt": self.prompt, "params": self.params, "detail": self.detail,
+                    "max_image_side": self.max_image_side,
+                    "max_object_bytes": self.max_object_bytes,
+                    "max_image_pixels": self.max_image_pixels}
+        canonical = json.dumps(material, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class ItemResult(BaseModel):
@@ -91,6 +111,32 @@ class ItemResult(BaseModel):
     """The source's ETag, and the ETag of the record read or written for it (the index's)."""
     record_etag: str | None = None
 
+
+PREPARERS = 2
+DOWNLOAD_BUDGET_BYTES = 200 * 1024 * 1024
+"""Bytes of images downloaded and not yet prepared, at most, per run and process."""
+
+
+class ByteBudget:
+    """Downloads wait here until their bytes fit the budget (one alone always fits), so
+    2 x max_concurrency + 2 workers never hold that many 50 MB objects at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
+            self.held += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= size
+                self._changed.notify_all()
 
 _inflight: dict[str, tuple[RunControl, Future[tuple[Response, bool]]]] = {}
 _inflight_lock = threading.Lock()
@@ -109,7 +155,8 @@ class RunControl:
         self.calls = threading.BoundedSemaphore(self.max_concurrency)
         self.workers = ThreadPoolExecutor(2 * self.max_concurrency + 2,
                                           thread_name_prefix="ig1-item")
-        self.preparers = ThreadPoolExecutor(2, thread_name_prefix="ig1-prepare")
+        self.preparers = ThreadPoolExecutor(PREPARERS, thread_name_prefix="ig1-prepare")
+        self.downloads = ByteBudget(DOWNLOAD_BUDGET_BYTES)
 
     def stop(self, reason: BaseException) -> None:
         with self._lock:
@@ -151,9 +198,28 @@ class RunControl:
         self.preparers.shutdown(wait=True)
 
 
-def global_slot(limit_name: str | None) -> AbstractContextManager[Any]:
-    """One slot of the Prefect global concurrency limit shared by all runs, if one is named."""
-    return concurrency(limit_name, occupy=1, strict=True) if limit_name else nullcontext()
+def check_global_limit(limit_name: str) -> None:
+    """Fail the run before any image is touched when the named limit does not exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(limit_name)
+    except ObjectNotFound:
+        raise ValueError(
+            f"The global concurrency limit {limit_name!r} does not exist on this Prefect "
+            f"server: create it with `prefect gcl create {limit_name} --limit N` (N calls in "
+            "flight for all workers), or leave concurrency_limit_name unset.") from None
+
+
+def global_slot(limit_name: str | None, timeout_seconds: float | None = None
+                ) -> AbstractContextManager[Any]:
+    """One slot of the Prefect global concurrency limit shared by all runs, if one is named;
+    waiting longer than ``timeout_seconds`` raises TimeoutError (a retryable failure)."""
+    if not limit_name:
+        return nullcontext()
+    return concurrency(limit_name, occupy=1, strict=True, timeout_seconds=timeout_seconds)
 
 
 _controls: dict[str, RunControl] = {}
@@ -194,6 +260,9 @@ _S3_FAILURES = (BotoCoreError, ClientError)
 class NotAttempted(Exception):
     """The run stopped (401/403/402) before this call was sent."""
 
+    def __init__(self) -> None:
+        super().__init__("the run stopped (IG1 refused a call) before this call was sent")
+
 
 @dataclass
 class CallGate:
@@ -225,7 +294,8 @@ class CallGate:
         return self.control.once(key, pay)
 
     def _send(self, call: PreparedCall, key: str, counted: bool) -> tuple[Response, bool]:
-        with self.control.calls, global_slot(self.settings.concurrency_limit_name):
+        with self.control.calls, global_slot(self.settings.concurrency_limit_name,
+                                             self.settings.slot_timeout_seconds):
             if self.control.stop_reason is not None:
                 raise NotAttempted
             # Looked up again now that a slot is ours: another process (an overlapping
@@ -244,7 +314,12 @@ class CallGate:
                 raise
             # Saved before the slot is freed: a crash loses at most one paid answer per
             # slot, so a rerun pays again for at most max_concurrency of them.
-            self.cache.put(key, response)
+            try:
+                self.cache.put(key, response)
+            except Exception as exc:  # the answer in hand still makes the record
+                logger.warning("Could not store a paid IG1 answer in the response cache "
+                               "(%s: %s); the record is written from it all the same",
+                               type(exc).__name__, exc)
             return response, False
 
 
@@ -277,20 +352,14 @@ class _ItemWork:
     def _run(self, candidate: Candidate) -> ItemResult:
         where = record_key(self.settings.output_prefix, candidate.key)
         if candidate.record_etag is not None and not needs_description(
-                read_json(self.s3, self.settings.bucket, where), candidate.etag):
+                self._read_record(where), candidate.etag, self.settings.digest):
             return ItemResult(key=candidate.key, status=ItemStatus.unchanged,
                               etag=candidate.etag, record_etag=candidate.record_etag)
         base = {"source_key": candidate.key, "source_etag": candidate.etag,
                 "model": self.settings.profile.model, "flow_run": self.settings.run_name,
-                "source_bytes": candidate.size}
+                "source_bytes": candidate.size, "settings": self.settings.digest}
         try:
-            data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
-                                 max_bytes=self.settings.max_object_bytes)
-            base["sha256"] = hashlib.sha256(data).hexdigest()
-            prepared = self.control.preparers.submit(
-                prepare_image, data, max_side=self.settings.max_image_side,
-                max_bytes=self.settings.max_object_bytes).result()
-            del data
+            prepared = self._prepare(candidate, base)
             sent = {"sent_width": prepared.width, "sent_height": prepared.height,
                     "sent_bytes": len(prepared.data)}
             response, cached = self._describe(prepared)
@@ -307,10 +376,14 @@ class _ItemWork:
             return ItemResult(key=candidate.key, status=ItemStatus.not_attempted)
         except _S3_FAILURES:
             raise  # no error record: see run()
-        except Exception as exc:
+        except Exception as exc:  # MemoryError included: not the image's verdict
             if is_run_stopping(exc):
                 self.control.stop(exc)
             return self._write_failure(candidate, where, base, RecordError.from_exception(exc))
+        problem = answer_problem(response)
+        if problem is not None:
+            return self._write_failure(candidate, where, {**base, **sent}, problem,
+                                       response=response)
         record = ImageRecord.described(response=response, cached=cached, **base, **sent)
         record_etag = write_json(self.s3, self.settings.bucket, where,
                                  record.model_dump(mode="json"))
@@ -321,6 +394,31 @@ class _ItemWork:
             etag=candidate.etag, record_etag=record_etag,
             input_tokens=0 if cached or not usage else usage.input_tokens,
             output_tokens=0 if cached or not usage else usage.output_tokens)
+
+    def _read_record(self, where: str) -> ImageRecord | None:
+        """The image's record; one that is unreadable, too big or invalid counts as missing
+        (the image is described again and the record rewritten)."""
+        try:
+            data = read_if_exists(self.s3, self.settings.bucket, where,
+                                  max_bytes=MAX_RECORD_BYTES)
+            return None if data is None else ImageRecord.model_validate_json(data)
+        except (ObjectTooLarge, ValueError) as exc:
+            logger.warning("Ignoring the unreadable record s3://%s/%r (%s): the image is "
+                           "described again and its record rewritten", self.settings.bucket,
+                           where, type(exc).__name__)
+            return None
+
+    def _prepare(self, candidate: Candidate, base: dict[str, Any]) -> PreparedImage:
+        """Download, hash and prepare; a download waits until its bytes fit the budget."""
+        size = min(max(candidate.size, 1), self.settings.max_object_bytes)
+        with self.control.downloads.reserve(size):
+            data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
+                                 max_bytes=self.settings.max_object_bytes)
+            base["sha256"] = hashlib.sha256(data).hexdigest()
+            return self.control.preparers.submit(
+                prepare_image, data, max_side=self.settings.max_image_side,
+                max_bytes=self.settings.max_object_bytes,
+                max_pixels=self.settings.max_image_pixels).result()
 
     def _describe(self, prepared: PreparedImage) -> tuple[Response, bool]:
         message = InputMessage(role="user", content=[
@@ -333,9 +431,27 @@ class _ItemWork:
                                            params=self.settings.params))
 
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
-                       error: RecordError) -> ItemResult:
-        record = ImageRecord.failed(error=error, **base)
+                       error: RecordError, response: Response | None = None) -> ItemResult:
+        record = ImageRecord.failed(error=error, response=response, **base)
         record_etag = write_json(self.s3, self.settings.bucket, where,
                                  record.model_dump(mode="json"))
         return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error,
                           etag=candidate.etag, record_etag=record_etag)
+
+
+def answer_problem(response: Response) -> RecordError | None:
+    """Why a 200 is not a description: only a completed answer with text settles an image."""
+    if response.status == "incomplete":
+        reason = response.incomplete_reason
+        return RecordError(type="incomplete", request_id=response.request_id, message=(
+            f"IG1 stopped the answer early ({reason}). Raise max_output_tokens (or shorten the "
+            "prompt); the image is tried again when the run's settings change."))
+    if response.status != "completed":
+        return RecordError(type=f"status_{response.status}", retryable=True,
+                           request_id=response.request_id,
+                           message=f"IG1 answered with status {response.status!r}; a later "
+                                   "run tries again.")
+    if not response.output_text.strip():
+        return RecordError(type="empty_answer", retryable=True, request_id=response.request_id,
+                           message="IG1 answered with no text; a later run tries again.")
+    return None

@@ -6,8 +6,11 @@ the flow can write an error record and go on. The output is deterministic:
 the same bytes and options give the same bytes, whose SHA-256 is a cache key.
 
     Exception
-     └── ImageRejected  (reason: empty | too_large | not_an_image | unsupported_format
-                                 | corrupt | decompression_bomb)
+     └── ImageRejected  (reason: empty | too_large | too_many_pixels | not_an_image
+                                 | unsupported_format | corrupt | decompression_bomb)
+
+Running out of memory is never the image's verdict: ``MemoryError`` propagates, so
+the caller can try the image again later instead of recording it as corrupt.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["ImageRejected", "PreparedImage", "prepare_image"]
 
 Reason = Literal[
-    "empty", "too_large", "not_an_image", "unsupported_format", "corrupt", "decompression_bomb"
+    "empty", "too_large", "too_many_pixels", "not_an_image", "unsupported_format", "corrupt",
+    "decompression_bomb",
 ]
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Pixels decoded per image (a JPEG counts at its draft size). A 370 KB PNG of 9,400 x 9,400
+takes ~1.1 GB and ~4 s to decode: bytes alone do not bound the work."""
 
 # Formats a bucket of photos plausibly holds. Restricting ``Image.open`` to them
 # keeps exotic plugins (EPS runs Ghostscript, for one) away from untrusted bytes.
@@ -76,7 +84,7 @@ def prepare_image(
     *,
     max_side: int = 1024,
     max_bytes: int = 50 * 1024 * 1024,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_quality: int = 85,
 ) -> PreparedImage:
     """Validate, decode, orient, shrink to ``max_side`` and re-encode as JPEG (or PNG with alpha).
@@ -98,7 +106,7 @@ def _prepare(
     *,
     max_side: int = 1024,
     max_bytes: int = 50 * 1024 * 1024,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_quality: int = 85,
     use_draft: bool = True,
 ) -> PreparedImage:
@@ -106,10 +114,14 @@ def _prepare(
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
     _check_size(data, max_bytes)
-    with _open(data, max_pixels) as source:
+    with _open(data) as source:
         source_format = source.format or "unknown"
         source_width, source_height = source.size
-        image = _decode(source, max_side, use_draft=use_draft)
+        if use_draft:
+            _draft(source, max_side)
+        if source.width * source.height > max_pixels:
+            raise _too_many_pixels((source_width, source_height), source.size, max_pixels)
+        image = _decode(source)
     image = _to_rgb_or_rgba(image)
     # Bicubic, as vision preprocessors use: on a drafted 12 MP photo it costs ~0.6x Lanczos.
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)  # never upscales
@@ -139,17 +151,30 @@ def _check_size(data: bytes, max_bytes: int) -> None:
         )
 
 
-def _bomb(pixels: int, size: tuple[int, int], max_pixels: int) -> ImageRejected:
+def _too_many_pixels(size: tuple[int, int], decoded: tuple[int, int],
+                     max_pixels: int) -> ImageRejected:
+    pixels = decoded[0] * decoded[1]
+    scaled = "" if decoded == size else f", {decoded[0]}x{decoded[1]} when drafted"
     return ImageRejected(
-        "decompression_bomb",
-        f"The image declares {size[0]}x{size[1]} = {pixels:,} pixels, over the cap "
-        f"(max_pixels={max_pixels:,}, or Pillow's Image.MAX_IMAGE_PIXELS if lower): refused "
-        "before decoding as a possible decompression bomb; if the image is trusted, downscale "
-        "it first or raise max_pixels.",
+        "too_many_pixels",
+        f"The image is {size[0]}x{size[1]} pixels{scaled} = {pixels:,} to decode, over this "
+        f"run's max_image_pixels ({max_pixels:,}): refused before decoding. Downscale it "
+        "before upload, or raise max_image_pixels (about 30 bytes of memory per pixel).",
     )
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _draft(source: Image.Image, max_side: int) -> None:
+    """Let the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the final
+    size: asking for the scaled target's box (not a square) gets the largest safe reduction."""
+    if source.format not in ("JPEG", "MPO"):
+        return
+    scale = max_side / max(source.size)
+    if scale < 1:
+        source.draft("RGB", (max(1, int(source.width * scale)),
+                             max(1, int(source.height * scale))))
+
+
+def _open(data: bytes) -> Image.Image:
     """Parse the header only, and refuse a bomb by its declared size before any pixel is decoded."""
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
@@ -165,12 +190,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise _unidentified(data) from None
+    except MemoryError:
+        raise
     except Exception as exc:  # a header so broken that a plugin crashed on it
         raise _corrupt(exc) from None
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        image.close()
-        raise _bomb(pixels, image.size, max_pixels)
     return image
 
 
@@ -227,17 +250,10 @@ def _corrupt(exc: BaseException) -> ImageRejected:
     )
 
 
-def _decode(source: Image.Image, max_side: int, *, use_draft: bool) -> Image.Image:
+def _decode(source: Image.Image) -> Image.Image:
     """Decode the first frame fully (a truncated file fails here) and apply EXIF orientation."""
     try:
         source.seek(0)
-        if use_draft and source.format in ("JPEG", "MPO"):
-            # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding, never below the
-            # requested size: asking for the final size gets the largest safe reduction.
-            scale = max_side / max(source.size)
-            if scale < 1:
-                target = (max(1, int(source.width * scale)), max(1, int(source.height * scale)))
-                source.draft("RGB", target)
         source.load()
         # exif_transpose returns a copy, detached from the file, even without a rotation.
         oriented = ImageOps.exif_transpose(source)
@@ -248,6 +264,8 @@ def _decode(source: Image.Image, max_side: int, *, use_draft: bool) -> Image.Ima
             f"A frame exceeds Pillow's Image.MAX_IMAGE_PIXELS ({type(exc).__name__}): "
             "refused as a possible decompression bomb; if it is trusted, downscale it first.",
         ) from None
+    except MemoryError:
+        raise
     except Exception as exc:
         raise _corrupt(exc) from None
     return oriented
@@ -268,6 +286,8 @@ def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
             low, _ = _band_range(rgba.getchannel("A"))
             return rgba if low < 255 else rgba.convert("RGB")
         return image if image.mode == "RGB" else image.convert("RGB")
+    except MemoryError:
+        raise
     except Exception as exc:  # a mode Pillow cannot convert is as good as undecodable
         raise _corrupt(exc) from None
 

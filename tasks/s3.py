@@ -228,13 +228,15 @@ def read_bytes(
     return data, response.get("ContentType")
 
 
-def read_json(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+def read_json(client: S3Client, bucket: str, key: str, *,
+              max_bytes: int | None = None) -> dict[str, Any] | None:
     """The JSON object at ``key``, or None when there is none (an image not yet described).
 
     A missing bucket or denied access still raises: only a missing key means "no record".
-    Invalid JSON, or JSON that is not an object, raises ValueError.
+    Invalid JSON, or JSON that is not an object, raises ValueError; a larger object than
+    ``max_bytes`` raises ObjectTooLarge.
     """
-    data = read_if_exists(client, bucket, key)
+    data = read_if_exists(client, bucket, key, max_bytes=max_bytes)
     if data is None:
         return None
     document = json.loads(data.decode("utf-8"))
@@ -243,10 +245,11 @@ def read_json(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     return document
 
 
-def read_if_exists(client: S3Client, bucket: str, key: str) -> bytes | None:
+def read_if_exists(client: S3Client, bucket: str, key: str, *,
+                   max_bytes: int | None = None) -> bytes | None:
     """The object's bytes, or None when the key does not exist (bucket errors still raise)."""
     try:
-        data, _ = read_bytes(client, bucket, key)
+        data, _ = read_bytes(client, bucket, key, max_bytes=max_bytes)
     except ClientError as error:
         if _error_code(error) in _MISSING_KEY_CODES:
             return None

@@ -150,15 +150,52 @@ def test_a_real_400_megapixel_bomb_is_refused() -> None:
 
 
 def test_the_pixel_cap_is_checked_before_any_pixel_is_decoded() -> None:
-    """The pixel data is missing: decoding would say "corrupt", the header check says bomb."""
+    """The pixel data is missing: decoding would say "corrupt", the header check says too many."""
     data = _declared_png(5000, 4000)
     with pytest.raises(ImageRejected) as caught:
         prepare_image(data, max_pixels=10_000_000)
-    assert caught.value.reason == "decompression_bomb"
+    assert caught.value.reason == "too_many_pixels"
     assert "5000x4000" in caught.value.message and "20,000,000" in caught.value.message
+    message = caught.value.message.lower()
+    assert "max_image_pixels" in message and "downscale" in message
     with pytest.raises(ImageRejected) as caught:
         prepare_image(data)  # under the default cap it is decoded, and found broken
     assert caught.value.reason == "corrupt"
+
+
+def test_a_small_file_of_many_pixels_is_refused_by_the_default_cap() -> None:
+    """A 9,400 x 9,400 flat PNG is a few hundred KB, but ~1.1 GB to decode: not decoded."""
+    from sandbox.sample_images import flat_image
+    _, data = flat_image(9400, 9400, "PNG")
+    assert len(data) < 1_000_000
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data)
+    assert caught.value.reason == "too_many_pixels"
+    assert "88,360,000" in caught.value.message
+
+
+def test_a_jpeg_counts_at_its_draft_size() -> None:
+    """An 80 MP JPEG decodes at 1/8 scale (1.25 MP) for a 1024 px target: within the cap."""
+    buffer = io.BytesIO()
+    Image.new("L", (10_000, 8_000), 128).save(buffer, "JPEG")
+    prepared = prepare_image(buffer.getvalue(), max_pixels=2_000_000)
+    assert (prepared.width, prepared.height) == (1024, 819)
+    with pytest.raises(ImageRejected) as caught:  # asked for full size, it is 80 MP
+        prepare_image(buffer.getvalue(), max_side=10_000, max_pixels=2_000_000)
+    assert caught.value.reason == "too_many_pixels"
+
+
+def test_running_out_of_memory_is_not_a_verdict_on_the_image(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MemoryError propagates (the caller tries again later): never recorded as corrupt."""
+    def exhausted(self: Image.Image) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "load", exhausted)
+    from PIL import PngImagePlugin
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", exhausted)
+    with pytest.raises(MemoryError):
+        prepare_image(_png(Image.new("RGB", (64, 48))))
 
 
 def test_pillows_bomb_warning_is_an_error_here_and_only_here() -> None:
