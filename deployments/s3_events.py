@@ -7,6 +7,8 @@ notifies and POSTs one ``ig1.s3.object.created`` event per new object.
 
 At-least-once, and harmless: a message is deleted only after Prefect answered 2xx, and
 an event's id is uuid5(bucket, key, ETag, event time), so Prefect drops SQS redeliveries.
+A message Prefect refuses for good (400, 413, 422) is no outage: it is left to the queue's
+dead-letter queue, or, without one, deleted with an ERROR after ``max_receives`` receives.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 import logging
 import signal
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 from urllib.parse import unquote_plus
 
 import httpx
@@ -35,6 +38,12 @@ EVENT_NAME = "ig1.s3.object.created"
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://ig1.ai/prefect/s3-object-created")
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+STARTUP_ATTEMPTS = 5  # reading the queue's attributes: 1 + 2 + 4 + 8 s of patience
+DEFAULT_MAX_RECEIVES = 5  # without a dead-letter queue, a refused message is dropped after this
+# Prefect refuses these events for what they are: resending the same body cannot help
+PERMANENT_STATUSES = frozenset({400, 413, 422})
+
+Delivery = Literal["delivered", "refused", "failed"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +85,20 @@ class S3ObjectEvent:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Messages received/malformed/kept in the queue, events posted, records skipped."""
+    """Messages received/malformed/refused/kept in the queue, events posted, records skipped."""
 
     received: int = 0
     posted: int = 0
     skipped: int = 0
     malformed: int = 0
     kept: int = 0
-    delivery_failed: bool = False  # Prefect unreachable or not 2xx: the loop backs off
+    delivery_failed: bool = False  # Prefect unreachable or failing: the loop backs off
+    refused: int = 0  # messages whose events Prefect refused for good (400, 413, 422)
+
+    @property
+    def any_failed(self) -> bool:
+        """Some events did not reach Prefect (what ``--once`` reports in its exit status)."""
+        return self.delivery_failed or self.refused > 0
 
 
 def parse_message(body: str) -> list[S3ObjectEvent]:
@@ -169,28 +184,50 @@ class Bridge:
 
     With a dead-letter queue, undelivered messages count receives too: give the queue a
     maxReceiveCount that outlasts a Prefect outage (the loop backs off to one receive a minute).
+    ``sleep`` is the start-up retries' wait (tests pass a recorder).
     """
 
     def __init__(self, sqs_client: SQSClient, queue_url: str, api_url: str,
                  ignore_prefixes: Sequence[str] = (), *, wait_seconds: int = 20,
-                 api_key: str | None = None, http: httpx.Client | None = None) -> None:
+                 api_key: str | None = None, http: httpx.Client | None = None,
+                 max_receives: int = DEFAULT_MAX_RECEIVES,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.sqs = sqs_client
         self.queue_url = queue_url
         self.events_url = api_url.rstrip("/") + "/events"
         self.ignore_prefixes = tuple(ignore_prefixes)
         self.wait_seconds = wait_seconds
+        self.max_receives = max_receives
+        self.has_dead_letter_queue = self._has_redrive_policy(sleep)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = http or httpx.Client(timeout=10.0, headers=headers)
-        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url,
-                                                     AttributeNames=["RedrivePolicy"])
-        self.has_dead_letter_queue = "RedrivePolicy" in attributes.get("Attributes", {})
+
+    def _has_redrive_policy(self, sleep: Callable[[float], None]) -> bool:
+        """Read at start-up, retried: a throttled or briefly unreachable SQS must not stop
+        the bridge from starting; a missing queue or denied access fails at once."""
+        attempt = 1
+        while True:
+            try:
+                attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
+                                                           AttributeNames=["RedrivePolicy"])
+                return "RedrivePolicy" in attributes.get("Attributes", {})
+            except Exception as exc:
+                if attempt >= STARTUP_ATTEMPTS or _is_permanent_sqs_error(exc):
+                    raise
+                delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+                logger.warning("reading the attributes of %s failed (%s); attempt %d of %d "
+                               "in %.0f s", self.queue_url, exc, attempt + 1, STARTUP_ATTEMPTS,
+                               delay)
+                sleep(delay)
+                attempt += 1
 
     def poll_once(self) -> BatchResult:
         """Long-poll one batch; delete each message only once Prefect has its events."""
-        reply = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                         WaitTimeSeconds=self.wait_seconds)
+        reply = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self.wait_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"])
         messages: list[dict[str, Any]] = reply.get("Messages", [])
-        posted = skipped = malformed = kept = 0
+        posted = skipped = malformed = kept = refused = 0
         delivering = True  # after one failed POST the rest wait for the next receive
         for message in messages:
             message_id = message.get("MessageId", "?")
@@ -208,47 +245,85 @@ class Bridge:
                     self._delete(message)
                 continue
             skipped += not_created + len(objects) - len(wanted)
-            if wanted and not (delivering and self._post(message_id, wanted)):
+            delivery: Delivery = "delivered"
+            if wanted:
+                delivery = self._post(message_id, wanted) if delivering else "failed"
+            if delivery == "failed":
                 delivering = False
                 kept += 1
+                continue
+            if delivery == "refused":  # this message only: the rest of the batch goes on
+                refused += 1
+                if not self._drop_refused(message, message_id, wanted):
+                    kept += 1
                 continue
             posted += len(wanted)
             self._delete(message)
         return BatchResult(received=len(messages), posted=posted, skipped=skipped,
-                           malformed=malformed, kept=kept, delivery_failed=not delivering)
+                           malformed=malformed, kept=kept, delivery_failed=not delivering,
+                           refused=refused)
 
-    def run(self, stop: threading.Event, *, once: bool = False) -> None:
-        """Poll until ``stop`` is set, backing off (capped exponential) while delivery fails."""
+    def run(self, stop: threading.Event, *, once: bool = False) -> bool:
+        """Poll until ``stop`` is set, backing off (capped exponential) while delivery fails
+        (not on refusals: those are the message's fault); False if any delivery failed."""
         failures = 0
+        all_delivered = True
         while not stop.is_set():
             try:
-                failed = self.poll_once().delivery_failed
+                result = self.poll_once()
+                failed = result.delivery_failed
+                all_delivered = all_delivered and not result.any_failed
             except Exception as exc:  # SQS unreachable, throttled...: wait, never crash
                 logger.warning("receiving from SQS failed: %s", exc)
                 failed = True
+                all_delivered = False
             if once:
-                return
+                break
             failures = failures + 1 if failed else 0
             if failures:
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures - 1))
                 logger.warning("backing off %.0f s after %d failed batch(es)", delay, failures)
                 stop.wait(delay)
+        return all_delivered
 
     def close(self) -> None:
         self.http.close()
 
-    def _post(self, message_id: str, events: Sequence[Event]) -> bool:
+    def _post(self, message_id: str, events: Sequence[Event]) -> Delivery:
         body = [event.model_dump(mode="json") for event in events]
         try:
             response = self.http.post(self.events_url, json=body)
         except httpx.HTTPError as exc:
             logger.warning("posting events of SQS message %s failed: %r; kept for redelivery",
                            message_id, exc)
+            return "failed"
+        if response.is_success:
+            return "delivered"
+        permanent = response.status_code in PERMANENT_STATUSES
+        logger.warning("Prefect answered %d to events of SQS message %s: %s; %s",
+                       response.status_code, message_id, response.text[:200],
+                       "refused for good" if permanent else "kept for redelivery")
+        return "refused" if permanent else "failed"
+
+    def _drop_refused(self, message: dict[str, Any], message_id: str,
+                      events: Sequence[Event]) -> bool:
+        """Whether a refused message was deleted: never with a dead-letter queue (SQS moves
+        it there), else once it has been received ``max_receives`` times."""
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        if self.has_dead_letter_queue:
+            logger.warning("SQS message %s (receive %d) is left for the dead-letter queue",
+                           message_id, receives)
             return False
-        if not response.is_success:
-            logger.warning("Prefect answered %d to events of SQS message %s: %s; kept for "
-                           "redelivery", response.status_code, message_id, response.text[:200])
-        return response.is_success
+        if receives < self.max_receives:
+            logger.warning("SQS message %s (receive %d of %d) is kept; with no dead-letter "
+                           "queue it is deleted at receive %d", message_id, receives,
+                           self.max_receives, self.max_receives)
+            return False
+        logger.error("Prefect refused the events of SQS message %s %d times; deleted (the "
+                     "queue has no dead-letter queue). Lost: %s", message_id, receives,
+                     ", ".join(event.resource.id for event in events))
+        self._delete(message)
+        return True
 
     def _delete(self, message: dict[str, Any]) -> None:
         try:
@@ -258,8 +333,19 @@ class Bridge:
             logger.warning("deleting SQS message %s failed: %s", message.get("MessageId"), exc)
 
 
+def _is_permanent_sqs_error(exc: Exception) -> bool:
+    """A botocore ClientError that retrying cannot fix (missing queue, denied access)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False  # connection errors, timeouts: worth another try
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code = str(response.get("Error", {}).get("Code", ""))
+    return isinstance(status, int) and 400 <= status < 500 and "Throttl" not in code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: bridge a queue until SIGTERM/SIGINT (or one batch with --once)."""
+    """Command line: bridge a queue until SIGTERM/SIGINT (or one batch with --once, which
+    exits 1 when some events did not reach Prefect)."""
     import boto3
     from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 
@@ -270,7 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip keys under PREFIX (the job's outputs); repeatable")
     parser.add_argument("--wait-seconds", type=int, default=20, choices=range(21),
                         metavar="0-20", help="SQS long-poll wait (default 20)")
-    parser.add_argument("--once", action="store_true", help="process one batch and exit")
+    parser.add_argument("--max-receives", type=int, default=DEFAULT_MAX_RECEIVES, metavar="N",
+                        help="without a dead-letter queue, delete a message Prefect refuses "
+                             f"(400/413/422) at its N-th receive (default {DEFAULT_MAX_RECEIVES})")
+    parser.add_argument("--once", action="store_true",
+                        help="process one batch and exit (1 if any delivery failed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     api_url = PREFECT_API_URL.value()
@@ -278,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("PREFECT_API_URL is not set (prefect config set PREFECT_API_URL=...)")
     sqs = cast(SQSClient, boto3.client("sqs"))  # works with or without mypy_boto3_sqs stubs
     bridge = Bridge(sqs, args.queue_url, api_url, args.ignore_prefix,
-                    wait_seconds=args.wait_seconds, api_key=PREFECT_API_KEY.value())
+                    wait_seconds=args.wait_seconds, api_key=PREFECT_API_KEY.value(),
+                    max_receives=args.max_receives)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -288,11 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     logger.info("bridging %s to %s", args.queue_url, bridge.events_url)
     try:
-        bridge.run(stop, once=args.once)
+        all_delivered = bridge.run(stop, once=args.once)
     finally:
         bridge.close()
     logger.info("stopped after the current batch" if stop.is_set() else "done")
-    return 0
+    return 1 if args.once and not all_delivered else 0
 
 
 if __name__ == "__main__":

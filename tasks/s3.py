@@ -18,9 +18,13 @@ Other failures (throttling after retries, network) stay botocore's own exception
 from __future__ import annotations
 
 import copy
-import functools
+import hashlib
+import hmac
 import json
 import os
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +64,7 @@ __all__ = [
 
 MAX_ATTEMPTS = 5
 MAX_POOL_CONNECTIONS = 64
+MAX_CACHED_CLIENTS = 8  # default-chain clients kept per process (one per AWS_* environment)
 # Standard retry mode backs off on throttling (503 SlowDown) and transient errors, for
 # MAX_ATTEMPTS attempts in all ("max_attempts" in a botocore Config would mean retries); the
 # pool fits ~64 worker threads on one client (botocore's default of 10 discards connections).
@@ -144,7 +149,7 @@ def s3_client(aws_credentials: AwsCredentials | None = None) -> S3Client:
     credentials, region and client parameters; its own ``config`` wins over ours).
     Without one, boto3's default chain, which honours ``AWS_ENDPOINT_URL``. Either way
     the client is reused within the process (building one costs ~150 ms of CPU, and
-    the flow asks per window): prefect-aws caches per block, we cache per ``AWS_*`` env.
+    the flow asks per window): prefect-aws caches per block, we per ``AWS_*`` environment.
     """
     if aws_credentials is not None:
         parameters = aws_credentials.aws_client_parameters
@@ -158,11 +163,32 @@ def s3_client(aws_credentials: AwsCredentials | None = None) -> S3Client:
     return _default_chain_client(aws_env)
 
 
-@functools.lru_cache(maxsize=8)
+# Keyed by a keyed digest of the AWS_* environment, never the environment itself: it holds
+# AWS_SECRET_ACCESS_KEY, which must not sit in a process-wide structure (or a debugger's view).
+_DIGEST_KEY = secrets.token_bytes(32)
+_default_chain_clients: OrderedDict[str, S3Client] = OrderedDict()
+_default_chain_lock = threading.Lock()
+
+
 def _default_chain_client(aws_env: tuple[tuple[str, str], ...]) -> S3Client:
     """One client per ``AWS_*`` environment; a session of its own, since boto3's default
-    session is not thread-safe and would keep credentials from an earlier environment."""
-    return boto3.session.Session().client("s3", config=Config(**_client_config()))
+    session is not thread-safe and would keep credentials from an earlier environment.
+
+    Least recently used first out, and closed: its pooled connections are released (a
+    thread still holding it can go on, botocore reopens a pool on the next call).
+    """
+    digest = hmac.new(_DIGEST_KEY, json.dumps(aws_env).encode(), hashlib.sha256).hexdigest()
+    with _default_chain_lock:  # held while building, so concurrent windows build one client
+        client = _default_chain_clients.get(digest)
+        if client is not None:
+            _default_chain_clients.move_to_end(digest)
+            return client
+        client = boto3.session.Session().client("s3", config=Config(**_client_config()))
+        _default_chain_clients[digest] = client
+        while len(_default_chain_clients) > MAX_CACHED_CLIENTS:
+            _, evicted = _default_chain_clients.popitem(last=False)
+            evicted.close()
+        return client
 
 
 def _client_config() -> dict[str, Any]:

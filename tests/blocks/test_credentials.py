@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import DEFAULT_BASE_URL, IG1Error
@@ -74,6 +74,39 @@ def test_environment_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert credentials.base_url == "http://127.0.0.1:9/v1"
     monkeypatch.delenv("IG1AI_BASE_URL")
     assert IG1Credentials.from_env().base_url == DEFAULT_BASE_URL
+
+
+@pytest.mark.parametrize("url", [
+    "http://api.ig1.ai/v1", "http://remote-host:8000/v1", "http://10.0.0.5/v1",
+    "http://[2001:db8::1]/v1", "http://127.0.0.1.evil.example/v1", "http://localhost.evil/v1",
+    "HTTP://remote-host/v1", "ftp://api.ig1.ai/v1", "api.ig1.ai/v1", "https:///v1",
+])
+def test_the_key_never_travels_in_clear(url: str) -> None:
+    with pytest.raises(ValidationError, match="base_url") as refused:
+        IG1Credentials(api_key=SecretStr(TEST_KEY), base_url=url)
+    assert TEST_KEY not in str(refused.value)
+    credentials = IG1Credentials(api_key=SecretStr(TEST_KEY))
+    with pytest.raises(ValidationError, match="base_url"):
+        credentials.base_url = url  # set after creation: checked as well
+    assert credentials.base_url == DEFAULT_BASE_URL
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.ig1.ai/v1", "https://10.0.0.5:8443/v1", "http://127.0.0.1:9/v1",
+    "http://127.8.9.10/v1", "http://localhost:8000/v1", "http://LOCALHOST/v1",
+    "http://[::1]:8000/v1",
+])
+def test_https_anywhere_and_plain_http_on_loopback_only(url: str) -> None:
+    assert IG1Credentials(api_key=SecretStr(TEST_KEY), base_url=url).base_url == url
+
+
+def test_environment_with_a_plain_http_remote_url_fails_clearly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IG1AI_API_KEY", TEST_KEY)
+    monkeypatch.setenv("IG1AI_BASE_URL", "http://remote-host/v1")
+    with pytest.raises(IG1Error, match=r"IG1AI_BASE_URL.*plain http.*'remote-host'") as refused:
+        IG1Credentials.from_env()
+    assert TEST_KEY not in str(refused.value)
 
 
 def test_missing_environment_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:

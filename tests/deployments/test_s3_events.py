@@ -12,13 +12,16 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
@@ -337,6 +340,168 @@ def test_a_malformed_message_goes_to_the_dlq_when_there_is_one(
     assert [m["MessageId"] for m in moved] == [bad]
 
 
+# --- hostile input: poison messages, a flaky SQS at start-up ----------------------------
+
+class CountingSQS:
+    """The real (moto) SQS client, counting receives per message id and deletions; the first
+    ``failing_reads`` get_queue_attributes calls raise ``read_error``."""
+
+    def __init__(self, sqs: Any, failing_reads: int = 0,
+                 read_error: Exception | None = None) -> None:
+        self.sqs, self.failing_reads, self.read_error = sqs, failing_reads, read_error
+        self.receives: Counter[str] = Counter()
+        self.deleted: list[str] = []
+        self.attribute_reads = 0
+        self._ids: dict[str, str] = {}
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        reply = self.sqs.receive_message(**kwargs)
+        for message in reply.get("Messages", []):
+            self.receives[message["MessageId"]] += 1
+            self._ids[message["ReceiptHandle"]] = message["MessageId"]
+        return reply
+
+    def delete_message(self, **kwargs: Any) -> Any:
+        self.deleted.append(self._ids[kwargs["ReceiptHandle"]])
+        return self.sqs.delete_message(**kwargs)
+
+    def get_queue_attributes(self, **kwargs: Any) -> Any:
+        self.attribute_reads += 1
+        if self.attribute_reads <= self.failing_reads and self.read_error is not None:
+            raise self.read_error
+        return self.sqs.get_queue_attributes(**kwargs)
+
+
+class RefusingEvents:
+    """A stand-in for Prefect's /api/events on 127.0.0.1: 422 to any body naming "poison",
+    204 to the rest; counts both."""
+
+    def __init__(self) -> None:
+        self.answers: Counter[int] = Counter()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = 422 if b"poison" in body else 204
+                outer.answers[status] += 1
+                self.send_response(status)
+                detail = b'{"detail": "invalid event"}' if status == 422 else b""
+                self.send_header("Content-Length", str(len(detail)))
+                self.end_headers()
+                self.wfile.write(detail)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        host, port = self.server.server_address[:2]
+        self.api_url = f"http://{host!s}:{port}/api"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def refusing_events() -> Iterator[RefusingEvents]:
+    events = RefusingEvents()
+    yield events
+    events.close()
+
+
+def send_poison_and_good(sqs: Any, queue: Queue, bucket: str) -> tuple[str, str]:
+    poison = sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+        s3_record("in/poison.png", bucket=bucket, event_time=now())))["MessageId"]
+    good = sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+        s3_record("in/good.png", bucket=bucket, event_time=now())))["MessageId"]
+    return poison, good
+
+
+def test_a_refused_message_is_deleted_with_an_error_after_max_receives_without_a_dlq(
+        sqs: Any, make_queue: Callable[..., Queue], bucket: str,
+        refusing_events: RefusingEvents, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    queue = make_queue(visibility_timeout=1)
+    poison, good = send_poison_and_good(sqs, queue, bucket)
+    counting = CountingSQS(sqs)
+    bridge = Bridge(counting, queue.url, refusing_events.api_url, wait_seconds=0,
+                    max_receives=2)
+    try:
+        first = bridge.poll_once()  # the refusal is the message's, not an outage:
+        assert counting.deleted == [good] and messages_in(sqs, queue.url) == 1  # good goes on
+        assert not first.delivery_failed and first.any_failed  # and no back-off
+        assert (first.received, first.posted, first.refused, first.kept) == (2, 1, 1, 1)
+        assert f"Prefect answered 422 to events of SQS message {poison}" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        time.sleep(1.2)  # visibility timeout: the poison comes back, for the 2nd receive
+        assert bridge.run(threading.Event(), once=True) is False
+    finally:
+        bridge.close()
+    assert counting.receives == {poison: 2, good: 1}
+    assert counting.deleted == [good, poison] and messages_in(sqs, queue.url) == 0
+    assert refusing_events.answers == {422: 2, 204: 1}
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert poison in error.getMessage() and "in/poison.png" in error.getMessage()
+
+
+def test_a_refused_message_is_left_to_the_dead_letter_queue(
+        sqs: Any, make_queue: Callable[..., Queue], bucket: str,
+        refusing_events: RefusingEvents, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    queue = make_queue(visibility_timeout=1, dlq_after=2)
+    poison, good = send_poison_and_good(sqs, queue, bucket)
+    counting = CountingSQS(sqs)
+    bridge = Bridge(counting, queue.url, refusing_events.api_url, wait_seconds=0,
+                    max_receives=1)  # the queue's redrive policy decides, not this
+    try:
+        results = [bridge.poll_once()]
+        time.sleep(1.2)
+        results.append(bridge.poll_once())
+        time.sleep(1.2)
+        results.append(bridge.poll_once())  # past maxReceiveCount: SQS moved it aside
+    finally:
+        bridge.close()
+    assert counting.receives == {poison: 2, good: 1} and counting.deleted == [good]
+    assert [(r.received, r.refused, r.delivery_failed) for r in results] == [
+        (2, 1, False), (1, 1, False), (0, 0, False)]
+    assert f"SQS message {poison} (receive 2) is left for the dead-letter queue" in caplog.text
+    moved = sqs.receive_message(QueueUrl=queue.dlq_url, WaitTimeSeconds=0)["Messages"]
+    assert [m["MessageId"] for m in moved] == [poison]
+
+
+def throttled() -> ClientError:
+    return ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetQueueAttributes")
+
+
+@pytest.mark.parametrize("error", [EndpointConnectionError(endpoint_url="http://sqs"),
+                                   throttled()], ids=["unreachable", "throttled"])
+def test_reading_the_queue_at_start_up_is_retried(
+        sqs: Any, make_queue: Callable[..., Queue], error: Exception) -> None:
+    queue = make_queue(dlq_after=3)
+    counting = CountingSQS(sqs, failing_reads=2, read_error=error)
+    waits: list[float] = []
+    bridge = Bridge(counting, queue.url, closed_port_url(), wait_seconds=0, sleep=waits.append)
+    bridge.close()
+    assert bridge.has_dead_letter_queue
+    assert (counting.attribute_reads, waits) == (3, [1, 2])
+    always = CountingSQS(sqs, failing_reads=99, read_error=error)
+    with pytest.raises(type(error)):
+        Bridge(always, queue.url, closed_port_url(), sleep=waits.append)
+    assert always.attribute_reads == s3_events.STARTUP_ATTEMPTS
+
+
+def test_a_missing_queue_fails_at_start_up_without_retries(sqs: Any, queue: Queue) -> None:
+    counting = CountingSQS(sqs)
+    waits: list[float] = []
+    with pytest.raises(ClientError, match=r"NonExistentQueue|QueueDoesNotExist"):
+        Bridge(counting, queue.url + "-missing", closed_port_url(), sleep=waits.append)
+    assert (counting.attribute_reads, waits) == (1, [])
+
+
 def bridge_command(queue: Queue, *extra: str) -> list[str]:
     return [sys.executable, "-m", "deployments.s3_events", "--queue-url", queue.url,
             "--ignore-prefix", "descriptions/", *extra]
@@ -355,6 +520,18 @@ def test_cli_once_delivers_one_batch(local_s3: LocalS3, sqs: Any, queue: Queue,
     assert done.returncode == 0, done.stderr
     assert messages_in(sqs, queue.url) == 0
     wait_for(lambda: len(stored_events(f"s3://{notified_bucket}/")) == 2, what="2 events")
+
+
+def test_cli_once_exits_non_zero_when_a_delivery_failed(
+        local_s3: LocalS3, sqs: Any, queue: Queue, bucket: str) -> None:
+    sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+        s3_record("in/a.png", bucket=bucket, event_time=now())))
+    done = subprocess.run(bridge_command(queue, "--once", "--wait-seconds", "0"), cwd=ROOT,
+                          env=bridge_env(local_s3, closed_port_url()), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "kept for redelivery" in done.stderr
+    assert messages_in(sqs, queue.url) == 1
 
 
 def test_cli_stops_cleanly_on_sigterm(local_s3: LocalS3, queue: Queue, api_url: str) -> None:

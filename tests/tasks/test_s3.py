@@ -339,3 +339,33 @@ def test_a_block_config_wins_over_the_defaults(local_s3: LocalS3) -> None:
     client = s3_client(block)
     assert client.meta.config.max_pool_connections == 7
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
+
+
+def test_the_client_cache_holds_no_secret_and_closes_what_it_evicts(
+    local_s3: LocalS3, bucket: str, clean_aws_env: pytest.MonkeyPatch
+) -> None:
+    from tasks import s3 as s3_module
+
+    secret = f"cache-secret-{uuid.uuid4().hex}"
+    for name, value in {**local_s3.env(), "AWS_SECRET_ACCESS_KEY": secret}.items():
+        clean_aws_env.setenv(name, value)
+    first = s3_client()
+    write_json(first, bucket, "secret-env.json", {"ok": True})  # moto takes any secret
+    keys = list(s3_module._default_chain_clients)
+    assert keys and secret not in repr(keys)
+    closed: list[object] = []
+    real_close = first.close
+    clean_aws_env.setattr(first, "close", lambda: (closed.append(first), real_close()))
+    for index in range(s3_module.MAX_CACHED_CLIENTS - 1):  # fills the cache: first stays
+        clean_aws_env.setenv("AWS_DEFAULT_REGION", f"eu-test-{index}")
+        s3_client()
+    assert not closed
+    clean_aws_env.setenv("AWS_DEFAULT_REGION", "eu-test-last")  # one more: first goes
+    s3_client()
+    assert closed == [first]
+    assert len(s3_module._default_chain_clients) == s3_module.MAX_CACHED_CLIENTS
+    assert secret not in repr(list(s3_module._default_chain_clients))
+    clean_aws_env.setenv("AWS_DEFAULT_REGION", local_s3.env()["AWS_DEFAULT_REGION"])
+    again = s3_client()  # the first environment again: a new client, and it works
+    assert again is not first
+    assert read_json(again, bucket, "secret-env.json") == {"ok": True}
