@@ -13,7 +13,8 @@ import re
 __all__ = ["escape_markdown", "one_line", "publishable_markdown", "summary_line"]
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_UNICODE_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _REFERENCE_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*\S+.*$", re.MULTILINE)
@@ -48,4 +49,7 @@ def publishable_markdown(text: str) -> str:
 def summary_line(key: str, text: str) -> str:
     """One description as one line of the summary prompt: the key JSON-quoted (a newline or
     a colon in it cannot start another entry), the text on one line."""
-    return f"- {json.dumps(key, ensure_ascii=False)}: {one_line(text)}"
+    quoted = json.dumps(key, ensure_ascii=False)
+    for separator in _UNICODE_LINE_BREAKS:  # JSON leaves these raw outside ASCII mode
+        quoted = quoted.replace(separator, f"\\u{ord(separator):04x}")
+    return f"- {quoted}: {one_line(text)}"
