@@ -86,8 +86,8 @@ def load_index(s3: Any, bucket: str, output_prefix: str) -> dict[str, IndexEntry
             return {}
         text = _gunzip(data, MAX_INDEX_EXPANDED_BYTES)
     except (ObjectTooLarge, OSError, EOFError, zlib.error, ValueError) as exc:
-        logger.warning("Ignoring the unreadable record index s3://%s/%s (%s): this run reads each record "
-                       "instead, and writes a new index", bucket, key, exc)
+        logger.warning("Ignoring the unreadable record index s3://%s/%s (%s): this run reads "
+                       "each record instead, and writes a new index", bucket, key, exc)
         return {}
     index: dict[str, IndexEntry] = {}
     malformed = 0
