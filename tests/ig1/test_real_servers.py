@@ -6,6 +6,7 @@ billed body must never be paid for again.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ import pytest
 
 from blocks import IG1Credentials
 from ig1 import (
+    AsyncIG1Client,
     IG1Client,
     IncompleteStreamError,
     MalformedResponseError,
@@ -143,3 +145,24 @@ def test_create_response_never_caches_a_failed_reply(credentials: IG1Credentials
     assert emulator.stats.requests == 1  # not transient: neither the client nor the task retries
     emulator.configure(failed_code=None)
     assert ask().output_text == f"Echo: {prompt}" and emulator.stats.requests == 2
+
+
+def test_async_client_reads_the_same_dialects(emulator: EmulatorServer) -> None:
+    async def scenario() -> None:
+        client = AsyncIG1Client(api_key=TEST_KEY, base_url=emulator.base_url, max_retries=2)
+        try:
+            emulator.configure(json_for_stream=True, fractional_created=True)
+            async with client.stream(build_request(model="m", input="a")) as events:
+                assert [delta async for delta in events.text_deltas()] == ["Echo: a"]
+            emulator.configure(json_for_stream=False, done_marker=True, reasoning=True)
+            streamed = await client.send(build_request(model="m", input="b", stream=True))
+            assert streamed.output_text == "Echo: b"
+            emulator.configure(failed_code="server_error", error_event="data_only")
+            with pytest.raises(ResponseFailedError) as caught:
+                await client.send(build_request(model="m", input="c", stream=True))
+            assert caught.value.retryable
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert emulator.stats.requests == 1 + 1 + 3
