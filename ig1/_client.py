@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -18,16 +17,16 @@ from httpx_sse import EventSource, aconnect_sse, connect_sse
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from ._exceptions import (
-    APIStatusError,
     IG1ConnectionError,
     IG1Error,
     IG1TimeoutError,
     MalformedResponseError,
-    status_error_class,
+    TruncatedResponseError,
 )
+from ._reply import excerpt, response_from_http, status_error
 from ._request import ResponsesRequest
 from ._response import Response
-from ._retry import RetryPolicy, parse_retry_after
+from ._retry import RetryPolicy
 from ._stream import StreamAccumulator, StreamEvent
 from ._structured import parse_structured
 
@@ -91,34 +90,29 @@ class _BaseClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key=[secure])"
 
-    @staticmethod
-    def _response(http: httpx.Response, text_format: type[BaseModel] | None) -> Response:
+    def _response(self, http: httpx.Response, text_format: type[BaseModel] | None) -> Response:
+        return _with_parsed(response_from_http(http, self._secret), text_format)
+
+    @property
+    def _secret(self) -> str:
+        return self._api_key.get_secret_value()
+
+    def _usage(self, http: httpx.Response) -> AccountUsage:
         if http.status_code >= 300:
-            raise _status_error(http)
+            raise status_error(http, self._secret)
         request_id = http.headers.get("x-request-id")
         try:
-            data = http.json()
-            if isinstance(data, dict):
-                data.setdefault("request_id", request_id)
-            response = Response.model_validate(data)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
-            raise MalformedResponseError(
-                f"{http.status_code} reply is not a Responses object: "
-                f"{_summarise_body(http.text)!r}",
-                status=http.status_code, request_id=request_id, body=http.text[:2000],
-            ) from None
-        return _with_parsed(response, text_format)
-
-    @staticmethod
-    def _usage(http: httpx.Response) -> AccountUsage:
-        if http.status_code >= 300:
-            raise _status_error(http)
+            data = json.loads(http.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TruncatedResponseError(
+                f"/usage reply is not JSON: {excerpt(http.text, self._secret)!r}",
+                status=http.status_code, request_id=request_id) from None
         try:
-            return AccountUsage.model_validate_json(http.content)
+            return AccountUsage.model_validate(data)
         except ValidationError:
             raise MalformedResponseError(
-                f"/usage reply is not usage: {_summarise_body(http.text)!r}",
-                status=http.status_code, request_id=http.headers.get("x-request-id"),
+                f"/usage reply is not usage: {excerpt(http.text, self._secret)!r}",
+                status=http.status_code, request_id=request_id,
             ) from None
 
 
@@ -152,8 +146,8 @@ class IG1Client(_BaseClient):
                                               json=payload) as source:
             if source.response.status_code >= 300:
                 source.response.read()
-                raise _status_error(source.response)
-            yield ResponseStream(source)
+                raise status_error(source.response, self._secret)
+            yield ResponseStream(source, self._secret)
 
     def usage(self) -> AccountUsage:
         """Spend, commit and max throughput of this key's account."""
@@ -196,8 +190,8 @@ class AsyncIG1Client(_BaseClient):
             async with aconnect_sse(self._http, "POST", "/responses", json=payload) as source:
                 if source.response.status_code >= 300:
                     await source.response.aread()
-                    raise _status_error(source.response)
-                yield AsyncResponseStream(source)
+                    raise status_error(source.response, self._secret)
+                yield AsyncResponseStream(source, self._secret)
 
     async def usage(self) -> AccountUsage:
         """Spend, commit and max throughput of this key's account."""
@@ -213,12 +207,19 @@ class AsyncIG1Client(_BaseClient):
 class ResponseStream:
     """Events of one streamed response; iterate, then call ``result()``."""
 
-    def __init__(self, source: EventSource) -> None:
+    def __init__(self, source: EventSource, secret: str = "") -> None:
         self._source = source
-        self._fold = StreamAccumulator(request_id=source.response.headers.get("x-request-id"))
+        self._secret = secret
+        self._fold = StreamAccumulator(request_id=source.response.headers.get("x-request-id"),
+                                       secret=secret)
 
     def __iter__(self) -> Iterator[StreamEvent]:
         with _transport_errors():
+            if not _is_event_stream(self._source.response):
+                self._source.response.read()
+                yield from self._fold.whole(response_from_http(self._source.response,
+                                                               self._secret))
+                return
             for sse in self._source.iter_sse():
                 yield self._fold.event(sse.event, sse.data)
 
@@ -234,12 +235,20 @@ class ResponseStream:
 class AsyncResponseStream:
     """Async twin of ``ResponseStream``."""
 
-    def __init__(self, source: EventSource) -> None:
+    def __init__(self, source: EventSource, secret: str = "") -> None:
         self._source = source
-        self._fold = StreamAccumulator(request_id=source.response.headers.get("x-request-id"))
+        self._secret = secret
+        self._fold = StreamAccumulator(request_id=source.response.headers.get("x-request-id"),
+                                       secret=secret)
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         with _transport_errors():
+            if not _is_event_stream(self._source.response):
+                await self._source.response.aread()
+                for event in self._fold.whole(response_from_http(self._source.response,
+                                                                 self._secret)):
+                    yield event
+                return
             async for sse in self._source.aiter_sse():
                 yield self._fold.event(sse.event, sse.data)
 
@@ -273,38 +282,7 @@ def _transport_errors() -> Iterator[None]:
         ) from None
 
 
-def _status_error(http: httpx.Response) -> APIStatusError:
-    """Map a non-2xx reply, whatever its body shape, to its typed error."""
-    message, code, request_id = _error_fields(http.text)
-    request_id = request_id or http.headers.get("x-request-id")
-    cls = status_error_class(http.status_code)
-    return cls(
-        message or f"HTTP {http.status_code} {http.reason_phrase}",
-        status=http.status_code, code=code, request_id=request_id,
-        body=http.text[:2000], retry_after=parse_retry_after(http.headers),
-    )
-
-
-def _error_fields(text: str) -> tuple[str | None, str | int | None, str | None]:
-    """(message, code, request_id) from IG1's, OpenAI's, a bare-string or a non-JSON body."""
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return (_summarise_body(text) or None), None, None
-    if not isinstance(body, Mapping):
-        return str(body)[:300], None, None
-    error = body.get("error")
-    request_id = body.get("request_id")
-    if isinstance(error, Mapping):
-        code = error.get("code") or error.get("type")
-        return error.get("message"), code, request_id or error.get("request_id")
-    if isinstance(error, str):
-        return error, body.get("code"), request_id
-    message = body.get("message") or body.get("detail")
-    return (str(message) if message is not None else None), body.get("code"), request_id
-
-
-def _summarise_body(text: str) -> str:
-    """A short plain-text view of a body (HTML tags dropped) for error messages."""
-    plain = re.sub(r"<[^>]+>", " ", text)
-    return re.sub(r"\s+", " ", plain).strip()[:200]
+def _is_event_stream(http: httpx.Response) -> bool:
+    """A stream request answered with plain JSON (some proxies do) is read as one reply."""
+    content_type = str(http.headers.get("content-type", ""))
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"

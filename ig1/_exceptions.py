@@ -8,7 +8,10 @@ IG1Error
 ├── IncompleteStreamError           SSE ended without response.completed [transient]
 ├── StructuredOutputError           the reply is not valid JSON for the schema
 └── APIError                        IG1 answered; carries status, code, request_id
-    ├── MalformedResponseError      200 whose body is not a response     [transient]
+    ├── MalformedResponseError      200 JSON that is no response, even leniently
+    │   └── TruncatedResponseError  200 whose body is not JSON (cut in transit) [transient]
+    ├── ResponseFailedError         status "failed", or an error event in a stream
+    │                               [transient only for server_error, rate limits]
     └── APIStatusError              a non-2xx status
         ├── BadRequestError         400, 422
         ├── AuthenticationError     401, 403
@@ -17,7 +20,8 @@ IG1Error
         ├── RateLimitError          429                                  [transient]
         └── ServerError             5xx, 408, 409                        [transient]
 ```
-Transient errors have ``retryable = True``; nothing else is ever retried.
+Transient errors have ``retryable = True``; nothing else is ever retried. A 200
+has been billed: only a body cut off in transit is worth paying for again.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ __all__ = [
     "NotFoundError",
     "RateLimitError",
     "RequestValidationError",
+    "ResponseFailedError",
     "ServerError",
     "StructuredOutputError",
+    "TruncatedResponseError",
+    "is_transient_code",
     "status_error_class",
 ]
 
@@ -124,9 +131,38 @@ class APIError(IG1Error):
 
 
 class MalformedResponseError(APIError):
-    """A 2xx whose body is not a response (a gateway hiccup): retried."""
+    """A 2xx whose JSON is no response even when read leniently: paid for, so never retried."""
+
+
+class TruncatedResponseError(MalformedResponseError):
+    """A 2xx whose body is not JSON at all (cut off in transit): retried."""
 
     retryable = True
+
+
+class ResponseFailedError(APIError):
+    """The server reported the response failed; retried only when its code is transient."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = is_transient_code(self.code)
+
+
+_TRANSIENT_CODES = frozenset({
+    "server_error", "internal_error", "internal_server_error", "rate_limit_exceeded",
+    "rate_limit_error", "overloaded", "overloaded_error", "service_unavailable", "timeout",
+})
+
+
+def is_transient_code(code: str | int | None) -> bool:
+    """True for error codes a later attempt can fix: server errors and rate limits."""
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code in (408, 409, 429) or code >= 500
+    if isinstance(code, str):
+        if code.isdigit():
+            return is_transient_code(int(code))
+        return code.lower() in _TRANSIENT_CODES
+    return False
 
 
 class APIStatusError(APIError):

@@ -4,6 +4,10 @@ IG1 documents a "text" shape (``created_at``, list content, ``output_text``)
 and an "image" shape (``object: "responses"``, ``created``, one content
 object, ``finish_reason``, no ``output_text``). Both normalise to one model
 so callers never branch on the shape.
+
+Parsing is as lenient as OpenAI's own SDK: unknown fields are kept, and a
+null where OpenAI's types allow one reads as the field's default. A 200 has
+been paid for, so a body is only refused when nothing usable is left.
 """
 
 from __future__ import annotations
@@ -18,6 +22,18 @@ __all__ = ["OutputContent", "OutputItem", "Response", "TokenUsage"]
 class _Lenient(BaseModel):
     # Unknown fields are kept: IG1 may add some, and callers may want them.
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_as_defaults(cls, data: Any) -> Any:
+        return _without_nulls(cls, data)
+
+
+def _without_nulls(model: type[BaseModel], data: Any) -> Any:
+    """Drop declared fields sent as null, so their defaults apply (``annotations: null``)."""
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if v is not None or k not in model.model_fields}
 
 
 class TokenUsage(_Lenient):
@@ -41,6 +57,7 @@ class OutputContent(_Lenient):
 
     type: str
     text: str | None = None
+    refusal: str | None = None
     annotations: list[Any] = Field(default_factory=list)
 
 
@@ -57,9 +74,16 @@ class OutputItem(_Lenient):
     @model_validator(mode="before")
     @classmethod
     def _content_as_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("content"), dict):
-            data = {**data, "content": [data["content"]]}
-        return data
+        if not isinstance(data, dict):
+            return data
+        content = data.get("content")
+        if isinstance(content, (dict, str)):
+            content = [content]
+        if isinstance(content, list):  # a bare string is text; a null part is nothing
+            content = [{"type": "output_text", "text": part} if isinstance(part, str) else part
+                       for part in content if part is not None]
+            data = {**data, "content": content}
+        return _without_nulls(cls, data)
 
 
 class Response(_Lenient):
@@ -67,13 +91,14 @@ class Response(_Lenient):
 
     id: str
     object: str = "response"
-    created_at: int | None = None
+    created_at: float | None = None
     model: str | None = None
     status: str = "completed"
     incomplete_details: dict[str, Any] | None = None
     output: list[OutputItem] = Field(default_factory=list)
     output_text: str = ""
     usage: TokenUsage | None = None
+    error: Any = None
     request_id: str | None = None
     parsed: Any = None
 
@@ -82,10 +107,13 @@ class Response(_Lenient):
     def _normalise_shape(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = dict(data)
+        data = dict(_without_nulls(cls, data))
         if data.get("created_at") is None and data.get("created") is not None:
             data["created_at"] = data["created"]
-        items = [OutputItem.model_validate(item) for item in data.get("output") or []]
+        output = data.get("output") or []
+        if not isinstance(output, list):
+            raise ValueError(f"output must be a list, not {type(output).__name__}")
+        items = [OutputItem.model_validate(item) for item in output if item is not None]
         data["output"] = items
         if data.get("output_text") is None:
             data["output_text"] = "".join(
@@ -105,6 +133,24 @@ class Response(_Lenient):
         if self.status != "incomplete":
             return None
         return str((self.incomplete_details or {}).get("reason") or "unknown")
+
+    @property
+    def refusal(self) -> str | None:
+        """The model's refusal, when it declined to answer (``output_text`` is then empty)."""
+        parts = [part.refusal or part.text or "" for item in self.output
+                 for part in item.content if part.type == "refusal"]
+        return "".join(parts) if parts else None
+
+    @property
+    def failure(self) -> tuple[str, str | int | None] | None:
+        """(message, code) when the server says this response failed, else None."""
+        error = self.error
+        if self.status != "failed" and not (error and not self.output):
+            return None
+        if isinstance(error, dict):
+            message = error.get("message") or "the response failed"
+            return str(message), error.get("code") or error.get("type")
+        return (str(error) if error else "the response failed"), None
 
     @property
     def finish_reason(self) -> str | None:

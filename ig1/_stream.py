@@ -2,7 +2,9 @@
 
 SSE framing is httpx-sse's job; this module only knows the Responses event
 types. A stream that stops before ``response.completed`` (or
-``response.incomplete``) is an error, never a silently short answer.
+``response.incomplete``) is an error, never a silently short answer. What real
+servers add is read too: the ``[DONE]`` of Chat-Completions-style proxies,
+vLLM's data-only ``{"error": {...}}`` events, and a plain JSON reply.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._exceptions import APIError, IncompleteStreamError, ServerError
+from ._exceptions import IncompleteStreamError, MalformedResponseError, ResponseFailedError
+from ._reply import error_details, excerpt, redact, response_from_json
 from ._response import Response
 
 __all__ = ["StreamEvent"]
@@ -37,30 +40,47 @@ class StreamAccumulator:
     """Collects events; ``result()`` is the final Response or an error."""
 
     request_id: str | None = None
+    secret: str = field(default="", repr=False)
     _deltas: list[str] = field(default_factory=list)
     _final: Response | None = None
 
     def event(self, name: str | None, raw_data: str) -> StreamEvent:
         """Decode one SSE event and fold it in; raises on error events."""
+        if raw_data.strip() == "[DONE]":  # what Chat-Completions-style proxies append
+            return StreamEvent("[DONE]", {})
         try:
             data = json.loads(raw_data) if raw_data else {}
         except json.JSONDecodeError:
-            raise APIError(f"stream event is not JSON: {raw_data[:120]!r}", status=200,
-                           request_id=self.request_id) from None
+            data = None
+        if not isinstance(data, dict):
+            raise MalformedResponseError(
+                f"stream event is not a JSON object: {excerpt(raw_data, self.secret)!r}",
+                status=200, request_id=self.request_id)
         kind = str(data.get("type") or name or "message")
         event = StreamEvent(kind, data)
         if event.delta is not None:
             self._deltas.append(event.delta)
-        elif kind in ("response.completed", "response.incomplete"):
-            self._final = Response.model_validate(
-                {**data.get("response", {}), "request_id": self.request_id}
-            )
-        elif kind in ("response.failed", "error"):
-            details = data.get("response", {}).get("error") or data.get("error") or data
-            message = details.get("message") if isinstance(details, dict) else str(details)
-            raise ServerError(f"stream failed: {message}", status=200,
-                              request_id=self.request_id)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = data.get("response")
+            if kind == "response.failed":
+                response = {**response, "status": "failed"} if isinstance(response, dict) else {
+                    "id": "", "status": "failed", "error": data.get("error")}
+            self._final = response_from_json(response, request_id=self.request_id,
+                                             secret=self.secret)
+        elif kind == "error" or (data.get("type") is None and "error" in data):
+            message, code = error_details(data)  # OpenAI's error event, or vLLM's data-only one
+            raise ResponseFailedError(f"stream failed: {redact(message, self.secret)}",
+                                      status=200, code=code, request_id=self.request_id,
+                                      body=redact(raw_data[:2000], self.secret))
         return event
+
+    def whole(self, response: Response) -> list[StreamEvent]:
+        """Fold a plain JSON reply to a stream request: its text as one delta, then done."""
+        self._final = response
+        self._deltas = [response.output_text]
+        dumped = response.model_dump(mode="json")
+        return [StreamEvent("response.output_text.delta", {"delta": response.output_text}),
+                StreamEvent("response.completed", {"response": dumped})]
 
     @property
     def text(self) -> str:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _faults
+from ._dialect import DONE_FRAME, dress_body, dress_events, failed_body, failed_events, frame
 from ._replies import ReplyIds, image_shape, make_reply, sse_events, sse_frame, text_shape
 from ._request import (
     ParsedRequest,
@@ -23,7 +24,7 @@ from ._request import (
     load_json_body,
     parse_request,
 )
-from ._settings import RECEIVED_LIMIT, EmulatorSettings, EmulatorState, body_digest
+from ._settings import RECEIVED_LIMIT, EmulatorSettings, EmulatorState, body_digest, dialect_of
 
 
 class RequestIdMiddleware:
@@ -153,21 +154,31 @@ class ResponsesEndpoint:
         lines = [await asyncio.to_thread(describe_image, image) for image in parsed.images]
         reply = make_reply(parsed, lines, len(raw), settings.json_invalid)
         ids = ReplyIds.new()
-        if parsed.stream:
-            frames = [sse_frame(event) for event in sse_events(parsed, reply, ids)]
-            return _faults.sse_response(
-                frames,
-                lambda: self.state.pause(settings.latency),
-                lambda: self.count_success(parsed, reply.input_tokens, reply.output_tokens),
-            )
+        dialect = dialect_of(settings)
+
+        def success() -> None:
+            self.count_success(parsed, reply.input_tokens, reply.output_tokens)
+
+        if parsed.stream and not settings.json_for_stream:
+            events = sse_events(parsed, reply, ids)
+            if dialect.failed_code:
+                events = failed_events(events, dialect.failed_code, dialect.error_event)
+            else:
+                events = dress_events(events, dialect, ids.number)
+            frames = [frame(event) for event in events]
+            frames += [DONE_FRAME] if settings.done_marker else []
+            return _faults.sse_response(frames, lambda: self.state.pause(settings.latency),
+                                        None if dialect.failed_code else success)
         if settings.latency:
             await self.state.pause(settings.latency)
         shape = settings.shape
         if shape == "auto":
             shape = "image" if parsed.images else "text"
         payload = (text_shape if shape == "text" else image_shape)(parsed, reply, ids)
-        self.count_success(parsed, reply.input_tokens, reply.output_tokens)
-        return JSONResponse(payload)
+        if dialect.failed_code:
+            return JSONResponse(failed_body(payload, dialect.failed_code))
+        success()
+        return JSONResponse(dress_body(payload, dialect, ids.number))
 
     def cut_stream(self, body: dict[str, Any], size: int, settings: EmulatorSettings) -> Response:
         """A stream that stops after a few deltas, without response.completed."""

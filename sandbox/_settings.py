@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._dialect import ERROR_EVENTS, Dialect, ErrorEvent
 from ._faults import FAULT_KINDS
 
 Shape = Literal["auto", "text", "image"]
@@ -54,10 +55,38 @@ class EmulatorSettings:
     """Share (0-1) of /v1/responses requests that fail at random (after queued faults)."""
     fault_mix: dict[str, float] = field(default_factory=lambda: dict(TRANSIENT_MIX))
     """Relative weights of the fault kinds drawn at `fault_rate`."""
+    reasoning: bool = False
+    """Text replies start with a reasoning item; streams send its reasoning_text deltas (vLLM)."""
+    function_call: bool = False
+    """Text replies carry a function_call item before the message."""
+    done_marker: bool = False
+    """Streams end with `data: [DONE]` after the terminal event (Chat-Completions proxies)."""
+    fractional_created: bool = False
+    """`created_at`/`created` is a float, e.g. 1754925861.734."""
+    null_fields: bool = False
+    """Nulls where OpenAI's types allow them: annotations, usage details, a content-null item."""
+    failed_code: str | None = None
+    """When set, every reply is a 200 with status "failed" and this error code (not billed)."""
+    error_event: ErrorEvent = "response.failed"
+    """How a failing stream says so: "response.failed", an "error" event, or vLLM's "data_only"."""
+    json_for_stream: bool = False
+    """Stream requests are answered with the plain JSON body, as some proxies do."""
     fault_seed: int = 0
     """Seed of the draws. A draw depends on the seed, the request body and how often that
     body was seen, never on arrival order: the same requests get the same faults, however
     many threads send them."""
+
+
+_SWITCHES = ("json_invalid", "reasoning", "function_call", "done_marker", "fractional_created",
+             "null_fields", "json_for_stream")
+
+
+def dialect_of(settings: EmulatorSettings) -> Dialect:
+    """The reply switches of these settings."""
+    return Dialect(reasoning=settings.reasoning, function_call=settings.function_call,
+                   fractional_created=settings.fractional_created,
+                   null_fields=settings.null_fields, failed_code=settings.failed_code,
+                   error_event=settings.error_event)
 
 
 def apply_changes(settings: EmulatorSettings, changes: dict[str, Any]) -> None:
@@ -76,9 +105,17 @@ def _check(name: str, value: Any) -> Any:
         if value not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}, not {value!r}")
         return value
-    if name == "json_invalid":
+    if name in _SWITCHES:
         if not isinstance(value, bool):
-            raise ValueError("json_invalid must be a boolean")
+            raise ValueError(f"{name} must be a boolean")
+        return value
+    if name == "failed_code":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError("failed_code must be a non-empty string or null")
+        return value
+    if name == "error_event":
+        if value not in ERROR_EVENTS:
+            raise ValueError(f"error_event must be one of {ERROR_EVENTS}, not {value!r}")
         return value
     if name == "fault_rate":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

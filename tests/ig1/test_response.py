@@ -53,3 +53,29 @@ def test_unknown_fields_are_kept() -> None:
     response = Response.model_validate({"id": "r", "output": [], "service_tier": "auto"})
     assert response.model_extra == {"service_tier": "auto"}
     assert response.usage is None and response.output_text == ""
+
+
+def test_refusal_is_its_own_property() -> None:
+    response = Response.model_validate({"id": "r", "output": [{"type": "message", "content": [
+        {"type": "refusal", "refusal": "I can't help with that.", "annotations": None}]}]})
+    assert response.output_text == "" and response.refusal == "I can't help with that."
+    assert Response.model_validate({"id": "r"}).refusal is None
+
+
+def test_nulls_read_as_defaults_and_created_at_may_be_fractional() -> None:
+    response = Response.model_validate({
+        "id": "r", "created_at": 1754925861.734, "status": None, "output": [
+            {"type": "message", "content": None},
+            {"type": "message", "content": [None, {"type": "output_text", "text": "hi",
+                                                   "annotations": None}]}],
+        "usage": {"input_tokens": None, "output_tokens": 2, "input_tokens_details": None}})
+    assert response.created_at == 1754925861.734 and response.status == "completed"
+    assert response.output_text == "hi" and response.output[0].content == []
+    assert response.usage is not None and response.usage.total_tokens == 2
+
+
+def test_a_failed_status_is_a_failure_with_its_code() -> None:
+    failed = Response.model_validate({"id": "r", "status": "failed",
+                                      "error": {"code": "server_error", "message": "boom"}})
+    assert failed.failure == ("boom", "server_error")
+    assert Response.model_validate({"id": "r", "error": None}).failure is None
