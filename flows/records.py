@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, Response
+from ig1 import (
+    APIStatusError,
+    AuthenticationError,
+    BudgetExhaustedError,
+    Response,
+    ResponseFailedError,
+)
 
 __all__ = [
     "ImageRecord",
@@ -46,6 +52,7 @@ class RecordError(BaseModel):
 
     type: str
     message: str
+    code: str | int | None = Field(default=None, description="The server's error code, if any.")
     request_id: str | None = None
     retryable: bool = Field(default=False, description="A later run tries this image again.")
 
@@ -54,7 +61,9 @@ class RecordError(BaseModel):
         # Unknown errors are not the image's fault: a later run tries again (giving an
         # image up for good takes proof that the image or the request is to blame).
         message = str(getattr(exc, "message", exc)) or type(exc).__name__
+        code = getattr(exc, "code", None)
         return cls(type=type(exc).__name__, message=message[:1000],
+                   code=code if isinstance(code, str | int) else None,
                    request_id=getattr(exc, "request_id", None),
                    retryable=not is_item_fault(exc))
 
@@ -113,7 +122,10 @@ def needs_description(existing: ImageRecord | None, etag: str, settings: str) ->
 
 
 def is_item_fault(exc: BaseException) -> bool:
-    """The request itself was refused (400/404/413/422): sending it again cannot help."""
+    """The request itself was refused (400/404/413/422, or a failed response whose code is
+    not transient, e.g. ``invalid_image``): sending it again cannot help."""
+    if isinstance(exc, ResponseFailedError):
+        return not exc.retryable
     return isinstance(exc, APIStatusError) and exc.status in _ITEM_FAULT_STATUSES
 
 

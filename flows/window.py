@@ -446,6 +446,10 @@ def answer_problem(response: Response) -> RecordError | None:
         return RecordError(type="incomplete", request_id=response.request_id, message=(
             f"IG1 stopped the answer early ({reason}). Raise max_output_tokens (or shorten the "
             "prompt); the image is tried again when the run's settings change."))
+    if response.refusal:
+        return RecordError(type="refused", request_id=response.request_id, message=(
+            f"The model refused: {response.refusal[:500]}. Change the prompt to try again "
+            "(the image is tried again when the run's settings change)."))
     if response.status != "completed":
         return RecordError(type=f"status_{response.status}", retryable=True,
                            request_id=response.request_id,

@@ -356,6 +356,11 @@ def test_answer_problem_rules() -> None:
     assert empty is not None and empty.type == "empty_answer" and empty.retryable
     failed = answer_problem(response(status="failed"))
     assert failed is not None and failed.retryable
+    refused = answer_problem(response(output_text=None, output=[{
+        "type": "message", "role": "assistant",
+        "content": [{"type": "refusal", "refusal": "I can't help with that."}]}]))
+    assert refused is not None and refused.type == "refused" and not refused.retryable
+    assert "I can't help with that." in refused.message
     cut = answer_problem(response(status="incomplete",
                                   incomplete_details={"reason": "max_output_tokens"}))
     assert cut is not None and cut.type == "incomplete" and not cut.retryable
