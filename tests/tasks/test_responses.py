@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from prefect import flow
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from pydantic import BaseModel, SecretStr
 
 from blocks import IG1Credentials, ResponsesModel
@@ -197,18 +198,18 @@ def test_structured_output_through_the_task(credentials: IG1Credentials,
     assert isinstance(again.parsed, Caption) and again.parsed == result.parsed
 
 
-def plant_pickle(cache: ResponseCache, key: str, marker: Path) -> None:
+def plant_pickle(storage: WritableFileSystem, key: str, marker: Path) -> None:
     """What anyone able to write to the result storage could leave under a known key."""
     v1_key = "ig1-response-v1-" + key.rpartition("-")[2]
     for planted in {key, v1_key}:
-        cache.storage.write_path(planted, pickled_record(planted, marker),
-                                 _sync=True)  # type: ignore[call-arg]
+        storage.write_path(planted, pickled_record(planted, marker),
+                           _sync=True)  # type: ignore[call-arg]
 
 
-def assert_json_entry(cache: ResponseCache, key: str, text: str) -> None:
+def assert_json_entry(storage: WritableFileSystem, key: str, text: str) -> None:
     import json
 
-    entry = json.loads(cache.storage.read_path(key, _sync=True))  # type: ignore[call-arg]
+    entry = json.loads(storage.read_path(key, _sync=True))  # type: ignore[call-arg]
     assert entry["kind"] == "ig1-response" and entry["response"]["output_text"] == text
 
 
@@ -219,9 +220,9 @@ def test_a_planted_pickle_record_is_a_miss_that_runs_nothing(
     assert ask(prompt, credentials).request_id == first.request_id
     assert emulator.stats.requests == 1
     key = prepare_call(prompt, credentials=credentials).cache_key
-    cache = ResponseCache.for_task(create_response)
+    storage = LocalFileSystem(basepath=os.environ["PREFECT_LOCAL_STORAGE_PATH"])
     marker = tmp_path / "marker"
-    plant_pickle(cache, key, marker)
+    plant_pickle(storage, key, marker)
 
     again = ask(prompt, credentials)
     assert not marker.exists()
@@ -229,7 +230,7 @@ def test_a_planted_pickle_record_is_a_miss_that_runs_nothing(
     warned = [r.getMessage() for r in set(every_log_record)  # (seen by every ancestor logger)
               if r.levelno == logging.WARNING and key in r.getMessage()]
     assert len(warned) == 1 and "never deserialized" in warned[0]
-    assert_json_entry(cache, key, first.output_text)  # the answer replaced the plant
+    assert_json_entry(storage, key, first.output_text)  # the answer replaced the plant
     ask(prompt, credentials)
     assert emulator.stats.requests == 2
 
@@ -255,15 +256,14 @@ def test_the_cache_is_json_in_an_s3_result_storage(
     key = prepare_call(prompt, credentials=credentials).cache_key
     listed = local_s3.client().list_objects_v2(Bucket=results)
     assert [obj["Key"] for obj in listed["Contents"]] == [f"ig1-cache/{key}"]
-    cache = ResponseCache(storage)
-    assert_json_entry(cache, key, first.output_text)
+    assert_json_entry(storage, key, first.output_text)
     assert run().request_id == first.request_id and emulator.stats.requests == 1
 
     marker = tmp_path / "marker"
-    plant_pickle(cache, key, marker)
+    plant_pickle(storage, key, marker)
     assert run().output_text == first.output_text
     assert not marker.exists() and emulator.stats.requests == 2
-    assert_json_entry(cache, key, first.output_text)
+    assert_json_entry(storage, key, first.output_text)
 
 
 @pytest.mark.parametrize(("params", "status"), [({"max_output_tokens": 1}, "incomplete")])
