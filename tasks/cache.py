@@ -1,37 +1,53 @@
-"""Content-addressed cache of IG1 responses: one key function, one store, two granularities.
+"""Content-addressed cache of IG1 responses: one key function, one JSON store.
 
-The ``create_response`` task uses the key through its ``CachePolicy`` and the
-store through Prefect's transaction; batch code (the flagship flow's windows)
-calls ``response_cache_key`` and ``ResponseCache`` directly. Both read and
-write the same records in the same result storage, so a response paid for by
-either path is a hit for the other.
+``create_response`` and batch code (the flagship flow's windows) both call
+``response_cache_key`` and ``ResponseCache``, so a response paid for by either
+path is a hit for the other, across processes sharing the result storage.
 
 The key covers what determines the answer: base URL, model, every sampling
 parameter, instructions, format and the input, with each inline image
 replaced by the SHA-256 of its bytes (the same picture under another name is
 a hit). Never the API key, never a client object.
+
+Entries are JSON written straight to the result storage block (local folder or
+S3 bucket), never through Prefect's ``ResultStore.read``, which unpickles
+whatever a stored record names: the keys are predictable and the storage may be
+shared, so anything under a key that is not our JSON is a miss, never loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import logging
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any, Literal, cast
 
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
-from prefect.results import ResultStore, get_result_store
+from prefect.exceptions import MissingContextError
+from prefect.filesystems import WritableFileSystem
+from prefect.results import ResultStore, get_default_result_storage, get_result_store
 from prefect.tasks import Task
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from ig1 import Response, ResponsesRequest
+from ig1 import Response, ResponsesRequest, StructuredOutputError, parse_structured
 
-__all__ = ["CACHE_KEY_PREFIX", "ResponseCache", "image_digest", "response_cache_key"]
+__all__ = [
+    "CACHE_KEY_PREFIX",
+    "ResponseCache",
+    "image_digest",
+    "is_cacheable",
+    "response_cache_key",
+]
 
-CACHE_KEY_PREFIX = "ig1-response-v1-"
+# v2: JSON entries. v1 keys held pickled Prefect result records and are never read.
+CACHE_KEY_PREFIX = "ig1-response-v2-"
 logger = logging.getLogger("tasks.cache")
 
 
@@ -77,38 +93,110 @@ def response_cache_key(
     return CACHE_KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class ResponseCache:
-    """Read and write cached responses in a Prefect result store, without a task run per call."""
+def is_cacheable(response: Response) -> bool:
+    """Only a whole answer is worth keeping: ``completed``, with text or a parsed value."""
+    return response.status == "completed" and (
+        bool(response.output_text.strip()) or response.parsed is not None)
 
-    def __init__(self, store: ResultStore, *, expiration: timedelta | None = None) -> None:
-        self.store = store
+
+class _CacheEntry(BaseModel):
+    """What one cache key holds: a response and when it stops counting (stored as JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["ig1-response"] = "ig1-response"
+    expires_at: AwareDatetime | None = None
+    response: Response
+
+
+class ResponseCache:
+    """Cached responses as JSON files in a result storage block, without a task run per call.
+
+    Reads never deserialize anything but this JSON: a pickled record, a Prefect
+    result record or garbage under a key is a miss, warned about once per key.
+    """
+
+    def __init__(self, storage: WritableFileSystem, *,
+                 expiration: timedelta | None = None) -> None:
+        self.storage = storage
         self.expiration = expiration
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
 
     @classmethod
     def for_task(cls, task: Task[Any, Any]) -> ResponseCache:
-        """The store ``task`` itself would use here, honouring its storage and expiration."""
+        """The storage ``task`` would use here (its own, its flow's or the default),
+        with its expiration."""
         context = TaskRunContext.get()
         if context is not None and context.task is task:
             store = context.result_store
         else:
             store = cast(ResultStore, get_result_store().update_for_task(
                 task, _sync=True))  # type: ignore[call-arg]
-        return cls(store, expiration=task.cache_expiration)
+        storage = store.result_storage or cast(
+            WritableFileSystem, get_default_result_storage(_sync=True))  # type: ignore[call-arg]
+        return cls(storage, expiration=task.cache_expiration)
 
-    def get(self, key: str) -> Response | None:
-        """The cached response, or None when absent, expired or unreadable (one read)."""
+    def get(self, key: str, *, text_format: type[BaseModel] | None = None) -> Response | None:
+        """The cached response, or None when absent, expired or not ours (one read).
+
+        With ``text_format``, ``parsed`` is rebuilt from the cached text (instances are
+        never stored)."""
+        read = cast(Callable[..., bytes], self.storage.read_path)
         try:
-            record = self.store.read(key)
-        except Exception as exc:  # absent (each storage says so its own way) or corrupt
+            content = read(key, _sync=True)  # sync whatever the caller's context
+        except Exception as exc:  # absent: each storage says so its own way
             logger.debug("IG1 cache miss for %s (%s)", key, type(exc).__name__)
             return None
-        expiration = record.metadata.expiration
-        if expiration is not None and expiration <= datetime.now(timezone.utc):
+        if not content:  # a local file being written right now
             return None
-        value = record.result
-        return value if isinstance(value, Response) else None
+        try:
+            entry = _CacheEntry.model_validate_json(content)
+        except ValidationError:
+            self._warn_once(key, "IG1 cache entry %s is not a JSON response entry (pickled, "
+                            "foreign or corrupt): ignored as a miss, never deserialized", key)
+            return None
+        if entry.expires_at is not None and entry.expires_at <= datetime.now(timezone.utc):
+            return None
+        if text_format is None:
+            return entry.response
+        try:
+            parsed = parse_structured(entry.response, text_format)
+        except StructuredOutputError:
+            self._warn_once(key, "IG1 cache entry %s does not parse as %s: ignored as a miss",
+                            key, text_format.__qualname__)
+            return None
+        return entry.response.model_copy(update={"parsed": parsed})
 
-    def put(self, key: str, response: Response) -> None:
-        """Store ``response`` under ``key`` (with the configured expiration)."""
-        expiration = (datetime.now(timezone.utc) + self.expiration) if self.expiration else None
-        self.store.write(response, key=key, expiration=cast(Any, expiration))
+    def put(self, key: str, response: Response) -> bool:
+        """Store ``response`` under ``key`` if it is worth keeping (``is_cacheable``)."""
+        if not is_cacheable(response):
+            logger.debug("IG1 answer %s not cached (status %s, %d characters)",
+                         key, response.status, len(response.output_text))
+            return False
+        expires_at = (datetime.now(timezone.utc) + self.expiration
+                      if self.expiration is not None else None)
+        entry = _CacheEntry(expires_at=expires_at, response=response)
+        content = entry.model_dump_json(exclude={"response": {"parsed"}}).encode()
+        write = cast(Callable[..., Any], self.storage.write_path)
+        write(key, content, _sync=True)
+        return True
+
+    async def aget(self, key: str, *,
+                   text_format: type[BaseModel] | None = None) -> Response | None:
+        """``get`` off the event loop (storage reads block)."""
+        return await asyncio.to_thread(self.get, key, text_format=text_format)
+
+    async def aput(self, key: str, response: Response) -> bool:
+        """``put`` off the event loop."""
+        return await asyncio.to_thread(self.put, key, response)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        try:
+            get_run_logger().warning(message, *args)
+        except MissingContextError:  # batch code's own threads
+            logger.warning(message, *args)

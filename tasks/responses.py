@@ -3,37 +3,46 @@
 Cached by content (``tasks.cache``), so the same request is never paid for
 twice, across flow runs and processes sharing result storage; retried by the
 task only for transient failures, after the client's own quick retries.
+
+The cache is read and written in the task's body, as JSON only (``send_cached``),
+not by Prefect's cache policy: Prefect's result records may name pickle as their
+serializer, and a shared result storage must never run what it holds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
+from prefect.settings import get_current_settings
 from prefect.tasks import Task
 from pydantic import BaseModel
 
 from blocks import IG1Credentials, ResponsesModel
 from ig1 import Response, ResponsesRequest, is_transient
 
-from .cache import response_cache_key
+from .cache import ResponseCache, response_cache_key
 
 __all__ = [
     "PreparedCall",
-    "ResponsesCachePolicy",
     "acreate_response",
+    "asend_cached",
     "create_response",
     "prepare_call",
     "resolve_model",
     "retry_on_transient_failure",
+    "send_cached",
 ]
 
+logger = logging.getLogger("tasks.responses")
 _BLOCK_MEMO_SECONDS = 60.0
 _block_memo: dict[str, tuple[float, ResponsesModel | None]] = {}
 _memo_lock = threading.Lock()
@@ -93,22 +102,12 @@ def prepare_call(
     response_format: type[BaseModel] | dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
 ) -> PreparedCall:
-    """Resolve blocks and validate the request: shared by the task and its cache policy."""
+    """Resolve blocks and validate the request: shared by the tasks and batch code."""
     profile = resolve_model(model)
     request = profile.build_request(input, instructions=instructions,
                                     response_format=response_format, **(params or {}))
     text_format = response_format if isinstance(response_format, type) else None
     return PreparedCall(_resolve_credentials(credentials, profile), request, text_format)
-
-
-class ResponsesCachePolicy(CachePolicy):
-    """Prefect cache policy keyed by the request's content (see ``tasks.cache``)."""
-
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
-                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        arguments = dict(inputs)
-        params = arguments.pop("params", None) or {}
-        return prepare_call(params=params, **arguments).cache_key
 
 
 def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
@@ -121,8 +120,9 @@ def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: S
 
 
 _TASK_OPTIONS: dict[str, Any] = {
-    "cache_policy": ResponsesCachePolicy(),
-    "persist_result": True,
+    # The answer is cached by send_cached, as JSON; Prefect stores nothing of its own.
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
     "retries": 2,
     "retry_delay_seconds": [10, 60],
     "retry_condition_fn": retry_on_transient_failure,
@@ -130,11 +130,57 @@ _TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _log_answer(call: PreparedCall, response: Response) -> None:
+def send_cached(call: PreparedCall, cache: ResponseCache, *,
+                refresh: bool = False) -> tuple[Response, bool]:
+    """``(response, from_cache)``: the cached answer, else one call whose answer is stored
+    (when ``is_cacheable``). ``refresh`` skips the lookup, not the store."""
+    if not refresh:
+        hit = cache.get(call.cache_key, text_format=call.text_format)
+        if hit is not None:
+            return hit, True
+    response = call.credentials.get_client().send(call.request, text_format=call.text_format)
+    _store(cache, call, response)
+    return response, False
+
+
+async def asend_cached(call: PreparedCall, cache: ResponseCache, *,
+                       refresh: bool = False) -> tuple[Response, bool]:
+    """Async twin of ``send_cached``."""
+    if not refresh:
+        hit = await cache.aget(call.cache_key, text_format=call.text_format)
+        if hit is not None:
+            return hit, True
+    client = call.credentials.get_async_client()
+    response = await client.send(call.request, text_format=call.text_format)
+    await asyncio.to_thread(_store, cache, call, response)
+    return response, False
+
+
+def _store(cache: ResponseCache, call: PreparedCall, response: Response) -> None:
+    # The answer is paid for: a storage failure costs a later hit, not this answer.
+    try:
+        cache.put(call.cache_key, response)
+    except Exception as exc:
+        logger.warning("IG1 answer not cached under %s (%s: %s)", call.cache_key,
+                       type(exc).__name__, exc)
+
+
+def _task_cache(default: Task[Any, Any]) -> tuple[ResponseCache, bool]:
+    """The running task's cache and refresh flag (``with_options`` makes a copy of the task)."""
+    context = TaskRunContext.get()
+    task = context.task if context is not None else default
+    refresh = task.refresh_cache
+    if refresh is None:
+        refresh = get_current_settings().tasks.refresh_cache
+    return ResponseCache.for_task(task), refresh
+
+
+def _log_answer(call: PreparedCall, response: Response, cached: bool) -> None:
     usage = response.usage
     get_run_logger().info(
-        "IG1 %s answered (status %s, %s tokens, request_id %s, cache key %s)",
-        call.request.model, response.status, usage.total_tokens if usage else "?",
+        "IG1 %s %s (status %s, %s tokens, request_id %s, cache key %s)",
+        call.request.model, "answer from the cache" if cached else "answered",
+        response.status, usage.total_tokens if usage else "?",
         response.request_id, call.cache_key[-12:],
     )
 
@@ -155,8 +201,9 @@ def create_response(
     """
     call = prepare_call(input, model=model, credentials=credentials, instructions=instructions,
                         response_format=response_format, params=params)
-    response = call.credentials.get_client().send(call.request, text_format=call.text_format)
-    _log_answer(call, response)
+    cache, refresh = _task_cache(create_response)
+    response, cached = send_cached(call, cache, refresh=refresh)
+    _log_answer(call, response, cached)
     return response
 
 
@@ -173,7 +220,7 @@ async def acreate_response(
     """Async twin of ``create_response`` (same cache, same retries)."""
     call = prepare_call(input, model=model, credentials=credentials, instructions=instructions,
                         response_format=response_format, params=params)
-    client = call.credentials.get_async_client()
-    response = await client.send(call.request, text_format=call.text_format)
-    _log_answer(call, response)
+    cache, refresh = _task_cache(acreate_response)
+    response, cached = await asend_cached(call, cache, refresh=refresh)
+    _log_answer(call, response, cached)
     return response

@@ -1,13 +1,31 @@
-"""The cache key: what determines the answer, images by content, never the key."""
+"""The cache key (what determines the answer, images by content, never the key) and the
+cache store (JSON only: nothing else under a key is ever deserialized)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel, SecretStr
 
 from blocks import IG1Credentials, ResponsesModel
-from ig1 import InputImage, InputMessage, InputText, build_request
+from ig1 import InputImage, InputMessage, InputText, Response, build_request
 from sandbox.sample_images import sample_images
-from tasks import CACHE_KEY_PREFIX, image_digest, prepare_call, response_cache_key
+from tasks import (
+    CACHE_KEY_PREFIX,
+    ResponseCache,
+    image_digest,
+    is_cacheable,
+    prepare_call,
+    response_cache_key,
+)
 
 BASE = "http://127.0.0.1:1/v1"
 PHOTO = sample_images()[1][1]
@@ -85,27 +103,129 @@ def test_the_api_key_is_not_in_the_key_and_does_not_change_it() -> None:
     assert "secret" not in a
 
 
-def test_response_cache_round_trip_and_expiry(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import time
-    from datetime import timedelta
+def answer(text: str = "hello", **fields: object) -> Response:
+    return Response.model_validate({"id": "r1", "output_text": text, "output": [], **fields})
 
-    from prefect.filesystems import LocalFileSystem
-    from prefect.results import ResultStore
 
-    from ig1 import Response
-    from tasks import ResponseCache
+class RunsShell:
+    """Unpickling this runs a shell command, as a planted record's payload would."""
 
-    store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path)))
-    answer = Response.model_validate({"id": "r1", "output_text": "hello", "output": []})
-    lasting = ResponseCache(store, expiration=timedelta(days=1))
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def pickled_record(key: str, marker: Path) -> bytes:
+    """A real Prefect result record, serializer ``pickle``, whose payload touches ``marker``."""
+    from prefect.results import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    record = ResultRecord(result=RunsShell(f"touch {marker}"), metadata=ResultRecordMetadata(
+        serializer=PickleSerializer(), storage_key=key, expiration=None))
+    content = record.serialize()
+    assert json.loads(content)["metadata"]["serializer"]["type"] == "pickle"
+    return content
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalFileSystem:
+    return LocalFileSystem(basepath=str(tmp_path / "storage"))
+
+
+def test_round_trip_and_expiry(storage: LocalFileSystem) -> None:
+    lasting = ResponseCache(storage, expiration=timedelta(days=1))
     assert lasting.get("absent-key") is None
-    lasting.put("k1", answer)
-    assert lasting.get("k1") == answer
-    fleeting = ResponseCache(ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path)),
-                                         cache_result_in_memory=False),
-                             expiration=timedelta(milliseconds=1))
-    fleeting.put("k2", answer)
+    assert lasting.put("k1", answer()) is True
+    assert lasting.get("k1") == answer()
+    fleeting = ResponseCache(storage, expiration=timedelta(milliseconds=1))
+    fleeting.put("k2", answer())
     time.sleep(0.01)
     assert fleeting.get("k2") is None
-    (tmp_path / "corrupt").write_bytes(b"not a record")
-    assert lasting.get("corrupt") is None
+    forever = ResponseCache(storage)
+    forever.put("k3", answer())
+    assert forever.get("k3") == answer()
+
+
+def test_entries_are_plain_json(storage: LocalFileSystem) -> None:
+    class Caption(BaseModel):
+        caption: str
+
+    cache = ResponseCache(storage, expiration=timedelta(days=1))
+    parsed = answer('{"caption": "a cat"}').model_copy(update={"parsed": Caption(caption="a cat")})
+    cache.put("k", parsed)
+    entry = json.loads(storage.read_path("k", _sync=True))  # type: ignore[call-arg]
+    assert entry["kind"] == "ig1-response" and entry["expires_at"]
+    assert entry["response"]["output_text"] == '{"caption": "a cat"}'
+    assert "parsed" not in entry["response"]  # instances are never stored ...
+    hit = cache.get("k", text_format=Caption)  # ... but rebuilt from the text
+    assert hit is not None and hit.parsed == Caption(caption="a cat")
+    assert cache.get("k") == answer('{"caption": "a cat"}')
+
+
+@pytest.mark.parametrize("status", ["failed", "incomplete", "in_progress"])
+def test_only_a_completed_answer_with_text_is_stored(storage: LocalFileSystem,
+                                                     status: str) -> None:
+    cache = ResponseCache(storage)
+    for response in (answer(status=status), answer(""), answer("  \n")):
+        assert not is_cacheable(response)
+        assert cache.put("k", response) is False
+    assert not list(Path(storage.basepath).rglob("*"))
+    assert is_cacheable(answer()) and is_cacheable(answer("", parsed={"x": 1}))
+
+
+def test_a_planted_pickle_record_is_a_miss_and_never_runs(
+        storage: LocalFileSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    credentials = IG1Credentials(api_key=SecretStr("k"), base_url=BASE)
+    key = prepare_call("x", model=PROFILE, credentials=credentials).cache_key
+    v1_key = "ig1-response-v1-" + key.rpartition("-")[2]
+    marker = tmp_path / "marker"
+    for planted in {key, v1_key}:
+        storage.write_path(planted, pickled_record(planted, marker),
+                           _sync=True)  # type: ignore[call-arg]
+    cache = ResponseCache(storage)
+    with caplog.at_level(logging.DEBUG, logger="tasks.cache"):
+        assert cache.get(key) is None
+        assert cache.get(key) is None
+        assert cache.get(v1_key) is None
+    assert not marker.exists()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().count(key) for r in warnings if key in r.getMessage()] == [1]
+    assert len(warnings) == 2  # once per key, naming the key, not the content
+    assert not [r for r in warnings if "touch" in r.getMessage()]
+    assert cache.put(key, answer()) and cache.get(key) == answer()  # overwritten by an answer
+
+
+@pytest.mark.parametrize("content", [
+    b"not a record", b"\x80\x04\x95garbage", b'{"metadata": {}, "result": "x"}',
+    b'{"kind": "ig1-response", "response": {"id": "r"}, "extra": 1}', b"[]", b"null"])
+def test_anything_else_under_a_key_is_a_miss(storage: LocalFileSystem, content: bytes,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    storage.write_path("k", content, _sync=True)  # type: ignore[call-arg]
+    with caplog.at_level(logging.WARNING, logger="tasks.cache"):
+        assert ResponseCache(storage).get("k") is None
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+def test_an_empty_file_is_a_quiet_miss(storage: LocalFileSystem,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    storage.write_path("k", b"", _sync=True)  # type: ignore[call-arg]
+    with caplog.at_level(logging.WARNING, logger="tasks.cache"):
+        assert ResponseCache(storage).get("k") is None
+    assert not caplog.records
+
+
+def test_cached_text_that_no_longer_parses_is_a_miss(storage: LocalFileSystem) -> None:
+    class Caption(BaseModel):
+        caption: str
+
+    cache = ResponseCache(storage)
+    cache.put("k", answer("not json"))
+    assert cache.get("k") is not None and cache.get("k", text_format=Caption) is None
+
+
+def test_async_twins(storage: LocalFileSystem) -> None:
+    cache = ResponseCache(storage)
+    assert asyncio.run(cache.aput("k", answer())) is True
+    assert asyncio.run(cache.aget("k")) == answer()

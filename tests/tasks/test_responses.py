@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from prefect import flow
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from pydantic import BaseModel, SecretStr
 
 from blocks import IG1Credentials, ResponsesModel
@@ -33,9 +34,11 @@ from ig1 import (
     ServerError,
 )
 from sandbox.emulator import EmulatorServer
+from sandbox.local_s3 import LocalS3
 from sandbox.sample_images import sample_images
 from tasks import ResponseCache, acreate_response, create_response, prepare_call
 from tests.conftest import TEST_KEY
+from tests.tasks.test_cache import pickled_record
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -186,11 +189,90 @@ def test_the_window_store_and_the_task_share_one_cache(credentials: IG1Credentia
     assert outside is not None and outside.request_id == answer.request_id
 
 
-def test_structured_output_through_the_task(credentials: IG1Credentials, prompt: str) -> None:
+def test_structured_output_through_the_task(credentials: IG1Credentials,
+                                            emulator: EmulatorServer, prompt: str) -> None:
     result = ask(prompt, credentials, response_format=Caption)
     assert isinstance(result.parsed, Caption) and result.parsed.caption.startswith("Echo:")
     again = ask(prompt, credentials, response_format=Caption)
-    assert again.parsed == result.parsed
+    assert emulator.stats.requests == 1  # a hit, parsed again from the cached text
+    assert isinstance(again.parsed, Caption) and again.parsed == result.parsed
+
+
+def plant_pickle(storage: WritableFileSystem, key: str, marker: Path) -> None:
+    """What anyone able to write to the result storage could leave under a known key."""
+    v1_key = "ig1-response-v1-" + key.rpartition("-")[2]
+    for planted in {key, v1_key}:
+        storage.write_path(planted, pickled_record(planted, marker),
+                           _sync=True)  # type: ignore[call-arg]
+
+
+def assert_json_entry(storage: WritableFileSystem, key: str, text: str) -> None:
+    import json
+
+    entry = json.loads(storage.read_path(key, _sync=True))  # type: ignore[call-arg]
+    assert entry["kind"] == "ig1-response" and entry["response"]["output_text"] == text
+
+
+def test_a_planted_pickle_record_is_a_miss_that_runs_nothing(
+        credentials: IG1Credentials, emulator: EmulatorServer, prompt: str,
+        tmp_path: Path, every_log_record: list[logging.LogRecord]) -> None:
+    first = ask(prompt, credentials)
+    assert ask(prompt, credentials).request_id == first.request_id
+    assert emulator.stats.requests == 1
+    key = prepare_call(prompt, credentials=credentials).cache_key
+    storage = LocalFileSystem(basepath=os.environ["PREFECT_LOCAL_STORAGE_PATH"])
+    marker = tmp_path / "marker"
+    plant_pickle(storage, key, marker)
+
+    again = ask(prompt, credentials)
+    assert not marker.exists()
+    assert emulator.stats.requests == 2 and again.output_text == first.output_text
+    warned = [r.getMessage() for r in set(every_log_record)  # (seen by every ancestor logger)
+              if r.levelno == logging.WARNING and key in r.getMessage()]
+    assert len(warned) == 1 and "never deserialized" in warned[0]
+    assert_json_entry(storage, key, first.output_text)  # the answer replaced the plant
+    ask(prompt, credentials)
+    assert emulator.stats.requests == 2
+
+
+def test_the_cache_is_json_in_an_s3_result_storage(
+        credentials: IG1Credentials, emulator: EmulatorServer, local_s3: LocalS3,
+        prompt: str, tmp_path: Path) -> None:
+    from prefect_aws import AwsCredentials, S3Bucket
+
+    results = f"results-{uuid.uuid4().hex[:12]}"
+    local_s3.client().create_bucket(Bucket=results)
+    storage = S3Bucket(bucket_name=results, bucket_folder="ig1-cache", credentials=AwsCredentials(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+        aws_client_parameters={"endpoint_url": local_s3.endpoint_url}))
+    storage.save(results)  # Prefect takes only saved blocks as result storage
+    on_s3 = create_response.with_options(result_storage=storage)
+
+    @flow
+    def run() -> Response:
+        return on_s3(prompt, credentials=credentials)
+
+    first = run()
+    key = prepare_call(prompt, credentials=credentials).cache_key
+    listed = local_s3.client().list_objects_v2(Bucket=results)
+    assert [obj["Key"] for obj in listed["Contents"]] == [f"ig1-cache/{key}"]
+    assert_json_entry(storage, key, first.output_text)
+    assert run().request_id == first.request_id and emulator.stats.requests == 1
+
+    marker = tmp_path / "marker"
+    plant_pickle(storage, key, marker)
+    assert run().output_text == first.output_text
+    assert not marker.exists() and emulator.stats.requests == 2
+    assert_json_entry(storage, key, first.output_text)
+
+
+@pytest.mark.parametrize(("params", "status"), [({"max_output_tokens": 1}, "incomplete")])
+def test_an_unfinished_answer_is_not_cached(credentials: IG1Credentials,
+                                            emulator: EmulatorServer, prompt: str,
+                                            params: dict[str, Any], status: str) -> None:
+    assert ask(prompt + " and more words", credentials, **params).status == status
+    ask(prompt + " and more words", credentials, **params)
+    assert emulator.stats.requests == 2
 
 
 def test_images_and_streaming_through_the_task(credentials: IG1Credentials,
