@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job end to end on embedded defaults (no key, no cloud)
-	$(PY) -m sandbox.demo
+	$(PY) -m prefect_ig1.sandbox.demo
 
 test: $(STAMP)  ## the whole test suite, offline
 	$(PY) -m pytest

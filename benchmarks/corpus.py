@@ -8,7 +8,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from sandbox.sample_images import _scene
+from prefect_ig1.sandbox.sample_images import _scene
 
 __all__ = ["large_png", "photo", "small_image"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sandbox.sample_images import large_jpeg
-from tasks.images import PreparedImage, _prepare
+from prefect_ig1.sandbox.sample_images import large_jpeg
+from prefect_ig1.tasks.images import PreparedImage, _prepare
 
 RUNS = 7
 

@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
 
-    from flows import describe_s3_images
+    from prefect_ig1.flows import describe_s3_images
 
     describe_s3_images(args.bucket, prefix="nothing-here/", output_prefix="probe-warmup/",
                        max_concurrency=args.concurrency)

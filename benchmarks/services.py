@@ -1,5 +1,5 @@
 """The services a benchmark measures against: the IG1 emulator and moto's S3 (its S3 app
-alone, see ``sandbox.local_s3``), each in a process of its own on 127.0.0.1 (as real
+alone, see ``prefect_ig1.sandbox.local_s3``), each in a process of its own on 127.0.0.1 (as real
 services would be), plus CPU accounting.
 
 Separate processes matter on a 2-core machine: the flow, the emulator and moto
@@ -77,10 +77,10 @@ class Services:
         self.s3_url = f"http://127.0.0.1:{s3_port}"
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         self.processes["ig1"] = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.emulator", "--port", str(ig1_port),
+            [sys.executable, "-m", "prefect_ig1.sandbox.emulator", "--port", str(ig1_port),
              "--api-key", API_KEY], **quiet)  # type: ignore[call-overload]
         self.processes["s3"] = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.local_s3", "--port", str(s3_port)],
+            [sys.executable, "-m", "prefect_ig1.sandbox.local_s3", "--port", str(s3_port)],
             **quiet)  # type: ignore[call-overload]
         _wait_until_up(self.ig1_url + "/_emulator/stats", self.processes["ig1"])
         _wait_until_up(self.s3_url, self.processes["s3"])

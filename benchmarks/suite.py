@@ -78,7 +78,7 @@ class Bench:
 
 
 def _flow(bucket: str, prefix: str, output_prefix: str, prompt: str, concurrency: int) -> Any:
-    from flows import describe_s3_images
+    from prefect_ig1.flows import describe_s3_images
 
     return describe_s3_images(bucket, prefix=prefix, output_prefix=output_prefix,
                               prompt=prompt, max_concurrency=concurrency)

@@ -1,6 +1,6 @@
 """Prefect blocks for IG1: credentials and model profiles.
 
-Register them with ``prefect block register -m blocks``.
+Register them with ``prefect block register -m prefect_ig1.blocks``.
 """
 
 from .credentials import API_KEY_ENV, BASE_URL_ENV, IG1Credentials

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from ig1 import (
+from prefect_ig1.client import (
     DEFAULT_BASE_URL,
     AccountUsage,
     AsyncIG1Client,
@@ -57,7 +57,7 @@ class IG1Credentials(Block):
     Example:
         Load saved credentials and call IG1 with the pooled client:
         ```python
-        from blocks import IG1Credentials
+        from prefect_ig1.blocks import IG1Credentials
         credentials = IG1Credentials.load("BLOCK_NAME")
         print(credentials.usage().remaining)
         ```

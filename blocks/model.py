@@ -7,7 +7,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from ig1 import (
+from prefect_ig1.client import (
     SAMPLING_PARAMETERS,
     RequestValidationError,
     ResponsesRequest,
@@ -29,8 +29,8 @@ class ResponsesModel(Block):
     Example:
         Use a saved profile in a flow:
         ```python
-        from blocks import ResponsesModel
-        from tasks import create_response
+        from prefect_ig1.blocks import ResponsesModel
+        from prefect_ig1.tasks import create_response
         model = ResponsesModel.load("BLOCK_NAME")
         answer = create_response("Write a haiku about DevOps.", model=model)
         ```

@@ -1,5 +1,5 @@
 """How the flows run: ``prefect.yaml`` (schedules, S3-event triggers), ``python -m
-deployments.serve``, and the S3-events bridge ``python -m deployments.s3_events``.
+deployments.serve``, and the S3-events bridge ``python -m prefect_ig1.deployments.s3_events``.
 
 Nothing is imported here, so ``python -m deployments.<module>`` runs each module once.
 """

@@ -3,7 +3,7 @@
 Open-source Prefect has no inbound webhooks, so this bridge long-polls the SQS queue S3
 notifies and POSTs one ``ig1.s3.object.created`` event per new object.
 
-    python -m deployments.s3_events --queue-url URL --ignore-prefix descriptions/
+    python -m prefect_ig1.deployments.s3_events --queue-url URL --ignore-prefix descriptions/
 
 At-least-once, and harmless: a message is deleted only after Prefect answered 2xx, and
 an event's id is uuid5(bucket, key, ETag, event time), so Prefect drops SQS redeliveries.
@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import boto3
     from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 
-    parser = argparse.ArgumentParser(prog="python -m deployments.s3_events",
+    parser = argparse.ArgumentParser(prog="python -m prefect_ig1.deployments.s3_events",
                                      description="S3 notifications in SQS -> Prefect events")
     parser.add_argument("--queue-url", required=True, help="SQS queue S3 notifies")
     parser.add_argument("--ignore-prefix", action="append", default=[], metavar="PREFIX",

@@ -1,6 +1,6 @@
 """Serve every deployment of ``deployments/prefect.yaml`` from one process, no work pool.
 
-    IG1_IMAGES_BUCKET=my-photos IG1_IMAGES_PREFIX=incoming/ python -m deployments.serve
+    IG1_IMAGES_BUCKET=my-photos IG1_IMAGES_PREFIX=incoming/ python -m prefect_ig1.deployments.serve
 
 The YAML is the one source of truth: the same schedules, triggers, parameters
 and concurrency limits as ``prefect deploy --all``. Stops cleanly on SIGTERM.

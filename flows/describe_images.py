@@ -1,7 +1,7 @@
 """The flagship job: describe every new image in an S3 bucket, then summarise the results.
 
-    python -m flows.describe_images --bucket photos --prefix 2026/
-    prefect deploy flows/describe_images.py:describe_s3_images
+    python -m prefect_ig1.flows.describe_images --bucket photos --prefix 2026/
+    prefect deploy prefect_ig1.flows.describe_images:describe_s3_images
 
 The outputs are the state: an image is new when its record
 ``{output_prefix}{key}.json`` is missing, its ETag changed, or its last attempt
@@ -31,11 +31,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
-from tasks import prepare_call, resolve_model
-from tasks.images import DEFAULT_MAX_PIXELS
-from tasks.s3 import (
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
+from prefect_ig1.tasks import prepare_call, resolve_model
+from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
+from prefect_ig1.tasks.s3 import (
     ensure_bucket_exists,
     is_image_key,
     list_objects,
@@ -364,7 +364,7 @@ def _summarise(manifest: Path, settings: DescribeSettings, summary_prompt: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.describe_images --bucket ... [--prefix ...]``"""
+    """``python -m prefect_ig1.flows.describe_images --bucket ... [--prefix ...]``"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--prefix", default="")

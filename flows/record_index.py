@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tasks.s3 import ObjectTooLarge, read_if_exists
+from prefect_ig1.tasks.s3 import ObjectTooLarge, read_if_exists
 
 from .records import ItemStatus
 from .window import Candidate, ItemResult

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ig1 import (
+from prefect_ig1.client import (
     APIStatusError,
     AuthenticationError,
     BudgetExhaustedError,

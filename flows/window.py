@@ -27,11 +27,18 @@ from prefect.concurrency.sync import concurrency
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, ConfigDict
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import InputImage, InputMessage, InputText, Response, is_transient
-from tasks import PreparedCall, ResponseCache, create_response, prepare_call
-from tasks.images import DEFAULT_MAX_PIXELS, ImageRejected, PreparedImage, prepare_image
-from tasks.s3 import ObjectTooLarge, read_bytes, read_if_exists, record_key, s3_client, write_json
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import InputImage, InputMessage, InputText, Response, is_transient
+from prefect_ig1.tasks import PreparedCall, ResponseCache, create_response, prepare_call
+from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS, ImageRejected, PreparedImage, prepare_image
+from prefect_ig1.tasks.s3 import (
+    ObjectTooLarge,
+    read_bytes,
+    read_if_exists,
+    record_key,
+    s3_client,
+    write_json,
+)
 
 from .records import ImageRecord, ItemStatus, RecordError, is_run_stopping, needs_description
 

@@ -33,7 +33,7 @@ from ._structured import parse_structured
 __all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "IG1Client"]
 
 DEFAULT_BASE_URL = "https://api.ig1.ai/v1"
-logger = logging.getLogger("ig1")
+logger = logging.getLogger("prefect_ig1.client")
 
 
 class AccountUsage(BaseModel):

@@ -1,8 +1,8 @@
 """Offline stand-ins for the demo and the tests: the IG1 emulator and sample images.
 
-`sandbox.emulator` (EmulatorServer) and `sandbox.sample_images` (sample_images(),
-broken_images(), ...). The emulator's names are re-exported lazily, so
-`python -m sandbox.emulator` does not import the module twice; `sample_images` stays
+`prefect_ig1.sandbox.emulator` (EmulatorServer) and `prefect_ig1.sandbox.sample_images`
+(sample_images(), broken_images(), ...). The emulator's names are re-exported lazily, so
+`python -m prefect_ig1.sandbox.emulator` does not import the module twice; `sample_images` stays
 the module's name only (its function of the same name would shadow it).
 """
 

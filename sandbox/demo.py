@@ -4,7 +4,7 @@ Starts the IG1 emulator and moto's S3 server on 127.0.0.1, uploads generated
 images (several formats and sizes, a 12 MP photo, a duplicate, broken files),
 runs ``describe_s3_images`` in Prefect's ephemeral mode, prints the summary
 and where the records are, then reruns it to show that nothing is paid twice.
-``python -m sandbox.demo``
+``python -m prefect_ig1.sandbox.demo``
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _upload(s3: LocalS3) -> int:
 def main() -> int:
     with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator, LocalS3() as s3:
         _prepare_environment(emulator, s3)
-        from flows import describe_s3_images
+        from prefect_ig1.flows import describe_s3_images
 
         uploaded = _upload(s3)
         print(f"Uploaded {uploaded} objects to s3://{BUCKET}/incoming/ (moto at "

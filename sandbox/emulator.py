@@ -198,7 +198,8 @@ class EmulatorServer:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sandbox.emulator", description="Run the offline IG1 API emulator."
+        prog="python -m prefect_ig1.sandbox.emulator",
+        description="Run the offline IG1 API emulator."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")

@@ -130,7 +130,7 @@ def serve_s3_only(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sandbox.local_s3 --port 9000``: moto's S3 alone until interrupted."""
+    """``python -m prefect_ig1.sandbox.local_s3 --port 9000``: moto's S3 alone until interrupted."""
     import argparse
 
     parser = argparse.ArgumentParser(description="moto's S3 alone on 127.0.0.1, until interrupted.")

@@ -36,7 +36,7 @@ from prefect.results import ResultStore, get_default_result_storage, get_result_
 from prefect.tasks import Task
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from ig1 import Response, ResponsesRequest, StructuredOutputError, parse_structured
+from prefect_ig1.client import Response, ResponsesRequest, StructuredOutputError, parse_structured
 
 __all__ = [
     "CACHE_KEY_PREFIX",
@@ -48,7 +48,7 @@ __all__ = [
 
 # v2: JSON entries. v1 keys held pickled Prefect result records and are never read.
 CACHE_KEY_PREFIX = "ig1-response-v2-"
-logger = logging.getLogger("tasks.cache")
+logger = logging.getLogger("prefect_ig1.tasks.cache")
 
 
 def image_digest(image_url: str) -> str:

@@ -1,6 +1,6 @@
 """``create_response``: a Prefect task wrapping exactly one IG1 Responses call.
 
-Cached by content (``tasks.cache``), so the same request is never paid for
+Cached by content (``prefect_ig1.tasks.cache``), so the same request is never paid for
 twice, across flow runs and processes sharing result storage; retried by the
 task only for transient failures, after the client's own quick retries.
 
@@ -26,8 +26,8 @@ from prefect.settings import get_current_settings
 from prefect.tasks import Task
 from pydantic import BaseModel
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import Response, ResponsesRequest, is_transient
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import Response, ResponsesRequest, is_transient
 
 from .cache import ResponseCache, response_cache_key
 
@@ -42,7 +42,7 @@ __all__ = [
     "send_cached",
 ]
 
-logger = logging.getLogger("tasks.responses")
+logger = logging.getLogger("prefect_ig1.tasks.responses")
 _BLOCK_MEMO_SECONDS = 60.0
 _block_memo: dict[str, tuple[float, ResponsesModel | None]] = {}
 _memo_lock = threading.Lock()

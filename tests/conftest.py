@@ -26,9 +26,9 @@ import pytest  # noqa: E402
 import stamina  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from blocks import IG1Credentials  # noqa: E402
-from sandbox.emulator import EmulatorServer  # noqa: E402
-from sandbox.local_s3 import LocalS3  # noqa: E402
+from prefect_ig1.blocks import IG1Credentials  # noqa: E402
+from prefect_ig1.sandbox.emulator import EmulatorServer  # noqa: E402
+from prefect_ig1.sandbox.local_s3 import LocalS3  # noqa: E402
 
 TEST_KEY = "sk-test-0123456789abcdef-SECRET"
 

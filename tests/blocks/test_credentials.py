@@ -11,9 +11,9 @@ import sys
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import DEFAULT_BASE_URL, IG1Error
-from sandbox.emulator import EmulatorServer
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import DEFAULT_BASE_URL, IG1Error
+from prefect_ig1.sandbox.emulator import EmulatorServer
 from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
 from tests.conftest import TEST_KEY
 

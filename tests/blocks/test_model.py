@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from blocks import DEFAULT_MODEL, IG1Credentials, ResponsesModel
-from ig1 import RequestValidationError
+from prefect_ig1.blocks import DEFAULT_MODEL, IG1Credentials, ResponsesModel
+from prefect_ig1.client import RequestValidationError
 from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
 from tests.conftest import TEST_KEY
 

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from sandbox.local_s3 import ACCESS_KEY, REGION, SECRET_KEY, LocalS3
+from prefect_ig1.sandbox.local_s3 import ACCESS_KEY, REGION, SECRET_KEY, LocalS3
 
 
 @pytest.fixture

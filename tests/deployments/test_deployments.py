@@ -19,10 +19,10 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from deployments.serve import PREFECT_YAML, load_deployments
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from sandbox.sample_images import sample_images
+from prefect_ig1.deployments.serve import PREFECT_YAML, load_deployments
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.sample_images import sample_images
 from tests.conftest import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +81,8 @@ def test_prefect_deploy_all_registers_them(watched: str) -> None:
 
 
 def _serve(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "prefect_ig1.deployments.serve"],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 

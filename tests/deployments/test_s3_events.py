@@ -28,8 +28,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from deployments import s3_events
-from deployments.s3_events import (
+from prefect_ig1.deployments import s3_events
+from prefect_ig1.deployments.s3_events import (
     EVENT_NAME,
     Bridge,
     MalformedMessage,
@@ -38,9 +38,9 @@ from deployments.s3_events import (
     parse_message,
     to_prefect_event,
 )
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from sandbox.sample_images import sample_images
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.sample_images import sample_images
 from tests.deployments.conftest import Queue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,7 +258,7 @@ def now() -> str:
 def test_prefect_down_keeps_every_message(
         sqs: Any, make_queue: Callable[..., Queue], bucket: str,
         make_bridge: Callable[..., Bridge], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
     queue = make_queue(visibility_timeout=1)
     for index in range(3):
         sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
@@ -315,7 +315,7 @@ def test_a_malformed_message_is_logged_and_dropped_without_a_dlq(
     bad = sqs.send_message(QueueUrl=queue.url, MessageBody="<xml>not json</xml>")["MessageId"]
     sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
         s3_record("in/ok.png", bucket=bucket, event_time=now())))
-    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
     result = make_bridge(queue).poll_once()
     assert (result.received, result.posted, result.malformed, result.kept) == (2, 1, 1, 0)
     assert f"SQS message {bad} is malformed (body is not JSON): deleted" in caplog.text
@@ -325,7 +325,7 @@ def test_a_malformed_message_is_logged_and_dropped_without_a_dlq(
 def test_a_malformed_message_goes_to_the_dlq_when_there_is_one(
         sqs: Any, make_queue: Callable[..., Queue], make_bridge: Callable[..., Bridge],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
     queue = make_queue(visibility_timeout=1, dlq_after=1)
     bad = sqs.send_message(QueueUrl=queue.url, MessageBody='{"Records": "nope"}')["MessageId"]
     bridge = make_bridge(queue)
@@ -423,7 +423,7 @@ def send_poison_and_good(sqs: Any, queue: Queue, bucket: str) -> tuple[str, str]
 def test_a_refused_message_is_deleted_with_an_error_after_max_receives_without_a_dlq(
         sqs: Any, make_queue: Callable[..., Queue], bucket: str,
         refusing_events: RefusingEvents, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
     queue = make_queue(visibility_timeout=1)
     poison, good = send_poison_and_good(sqs, queue, bucket)
     counting = CountingSQS(sqs)
@@ -450,7 +450,7 @@ def test_a_refused_message_is_deleted_with_an_error_after_max_receives_without_a
 def test_a_refused_message_is_left_to_the_dead_letter_queue(
         sqs: Any, make_queue: Callable[..., Queue], bucket: str,
         refusing_events: RefusingEvents, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="deployments.s3_events")
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
     queue = make_queue(visibility_timeout=1, dlq_after=2)
     poison, good = send_poison_and_good(sqs, queue, bucket)
     counting = CountingSQS(sqs)
@@ -503,7 +503,7 @@ def test_a_missing_queue_fails_at_start_up_without_retries(sqs: Any, queue: Queu
 
 
 def bridge_command(queue: Queue, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "deployments.s3_events", "--queue-url", queue.url,
+    return [sys.executable, "-m", "prefect_ig1.deployments.s3_events", "--queue-url", queue.url,
             "--ignore-prefix", "descriptions/", *extra]
 
 
@@ -564,7 +564,7 @@ SERVE_WITH_TRIGGER = """
 import signal, sys
 from prefect import serve
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-from flows.describe_images import describe_s3_images
+from prefect_ig1.flows.describe_images import describe_s3_images
 
 bucket, name = sys.argv[1:3]
 trigger = DeploymentEventTrigger(**{

@@ -45,17 +45,17 @@ from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 from prefect_aws import AwsCredentials, S3Bucket
 
-from flows import describe_s3_images
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from tasks.cache import CACHE_KEY_PREFIX, image_digest
-from tasks.images import prepare_image
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.tasks.cache import CACHE_KEY_PREFIX, image_digest
+from prefect_ig1.tasks.images import prepare_image
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.timeout(180)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENTRYPOINT = "flows/describe_images.py:describe_s3_images"
+ENTRYPOINT = "prefect_ig1.flows.describe_images:describe_s3_images"
 PER_SHARD = 12
 GLOBAL_LIMIT = 3
 PER_RUN = 8

@@ -23,15 +23,21 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows import describe_s3_images
-from flows.describe_images import DEFAULT_PROMPT
-from ig1 import AuthenticationError, BudgetExhaustedError, InputImage, InputMessage, InputText
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from sandbox.sample_images import broken_images, large_jpeg, sample_images
-from tasks import create_response
-from tasks.images import prepare_image
-from tasks.s3 import BucketNotFound
+from prefect_ig1.client import (
+    AuthenticationError,
+    BudgetExhaustedError,
+    InputImage,
+    InputMessage,
+    InputText,
+)
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.sample_images import broken_images, large_jpeg, sample_images
+from prefect_ig1.tasks import create_response
+from prefect_ig1.tasks.images import prepare_image
+from prefect_ig1.tasks.s3 import BucketNotFound
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -161,7 +167,7 @@ def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
 @pytest.fixture
 def record_reads(env: EmulatorServer) -> list[str]:
     """Keys the flow's S3 client GETs (it is one client per process and AWS environment)."""
-    from tasks.s3 import s3_client
+    from prefect_ig1.tasks.s3 import s3_client
 
     keys: list[str] = []
 
@@ -423,7 +429,8 @@ def test_command_line(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> No
     put(local_s3, bucket, [("a.png", _solid_png(7001)), ("b.png", _solid_png(7002))],
         prefix="cli/")
     done = subprocess.run(
-        [sys.executable, "-m", "flows.describe_images", "--bucket", bucket, "--prefix", "cli/"],
+        [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
+         "--prefix", "cli/"],
         env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
         capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -450,7 +457,7 @@ def test_a_run_over_budget_warns(env: EmulatorServer, local_s3: LocalS3, bucket:
 def test_loads_as_a_prefect_entrypoint() -> None:
     from prefect.flows import load_flow_from_entrypoint
 
-    loaded = load_flow_from_entrypoint("flows/describe_images.py:describe_s3_images")
+    loaded = load_flow_from_entrypoint("prefect_ig1.flows.describe_images:describe_s3_images")
     assert loaded.name == "describe-s3-images"
     assert {"bucket", "prefix", "output_prefix", "model", "max_concurrency",
             "concurrency_limit_name", "max_image_side"} <= set(loaded.parameters.properties)

@@ -10,7 +10,7 @@ import pytest
 import stamina
 from pydantic import BaseModel
 
-from ig1 import (
+from prefect_ig1.client import (
     APIStatusError,
     AsyncIG1Client,
     AuthenticationError,
@@ -33,8 +33,8 @@ from ig1 import (
     build_request,
     json_schema_text_config,
 )
-from sandbox.emulator import EmulatorServer
-from sandbox.sample_images import sample_images
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.sample_images import sample_images
 from tests.conftest import TEST_KEY
 from tests.ig1.test_request import EVERY_PARAMETER
 
@@ -330,6 +330,6 @@ def test_async_client_shapes_stream_and_retries(emulator: EmulatorServer) -> Non
     ({}, None),
 ])
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
-    from ig1 import parse_retry_after
+    from prefect_ig1.client import parse_retry_after
 
     assert parse_retry_after(headers) == expected

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-import ig1
-from blocks import IG1Credentials
-from ig1 import IG1Error, build_request
+from prefect_ig1 import client as ig1
+from prefect_ig1.blocks import IG1Credentials
+from prefect_ig1.client import IG1Error, build_request
 from tests.conftest import TEST_KEY
 
 CORPUS = json.loads((Path(__file__).parent / "corpus" / "real_servers.json").read_text())

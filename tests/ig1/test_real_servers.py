@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from blocks import IG1Credentials
-from ig1 import (
+from prefect_ig1.blocks import IG1Credentials
+from prefect_ig1.client import (
     AsyncIG1Client,
     IG1Client,
     IncompleteStreamError,
@@ -23,7 +23,7 @@ from ig1 import (
     TruncatedResponseError,
     build_request,
 )
-from sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.emulator import EmulatorServer
 from tests.conftest import TEST_KEY
 
 
@@ -130,7 +130,7 @@ def test_create_response_never_caches_a_failed_reply(credentials: IG1Credentials
                                                      stream: bool) -> None:
     from prefect import flow
 
-    from tasks import create_response
+    from prefect_ig1.tasks import create_response
 
     prompt = f"never cached {uuid.uuid4().hex}"
     once_more = create_response.with_options(retries=1, retry_delay_seconds=0)

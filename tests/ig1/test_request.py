@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from ig1 import (
+from prefect_ig1.client import (
     InputImage,
     InputMessage,
     InputText,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ig1 import Response
+from prefect_ig1.client import Response
 
 # The two example bodies from IG1's page (shared/seed/ig1-responses-api.txt), copied
 # verbatim except for the comma the page's image example lacks after "assistant".

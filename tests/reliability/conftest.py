@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from flows.describe_images import DEFAULT_PROMPT
-from flows.records import ImageRecord
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from tasks.s3 import record_key
+from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.flows.records import ImageRecord
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.tasks.s3 import record_key
 
 Images = list[tuple[str, bytes]]
 

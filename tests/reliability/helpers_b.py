@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from flows.records import ImageRecord
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.flows.records import ImageRecord
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.flows.test_describe_images import _solid_png, all_keys, describe_calls, put
 
 if TYPE_CHECKING:

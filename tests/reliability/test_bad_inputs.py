@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from flows import describe_s3_images
-from sandbox import sample_images as samples
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.sandbox import sample_images as samples
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.reliability.helpers_b import (
     describe_calls,
     distinct_pngs,

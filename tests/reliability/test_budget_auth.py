@@ -21,11 +21,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows import describe_s3_images
-from flows.window import RunControl
-from ig1 import AuthenticationError, BudgetExhaustedError
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.client import AuthenticationError, BudgetExhaustedError
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.window import RunControl
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.reliability import helpers_b
 from tests.reliability.helpers_b import distinct_pngs, put, records, run_outputs
 

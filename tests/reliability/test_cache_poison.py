@@ -21,10 +21,10 @@ import pytest
 from prefect.settings import PREFECT_DEFAULT_RESULT_STORAGE_BLOCK, temporary_settings
 from prefect_aws import AwsCredentials, S3Bucket
 
-from flows import describe_s3_images
-from flows.records import ImageRecord
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.records import ImageRecord
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.reliability.conftest import distinct_pngs
 from tests.tasks.test_cache import pickled_record
 

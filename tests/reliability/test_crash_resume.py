@@ -18,15 +18,15 @@ from collections.abc import Callable
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from blocks import IG1Credentials
-from flows import describe_s3_images
-from flows.describe_images import DEFAULT_PROMPT
-from ig1 import InputImage, InputMessage, InputText
-from sandbox._settings import body_digest
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from tasks import ResponseCache, create_response, prepare_call
-from tasks.images import prepare_image
+from prefect_ig1.blocks import IG1Credentials
+from prefect_ig1.client import InputImage, InputMessage, InputText
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.sandbox._settings import body_digest
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.tasks import ResponseCache, create_response, prepare_call
+from prefect_ig1.tasks.images import prepare_image
 from tests.conftest import TEST_KEY
 
 from .conftest import distinct_pngs
@@ -63,7 +63,7 @@ def test_a_killed_run_resumes_without_paying_twice(
 
     # The CLI in its own process; it shares PREFECT_HOME and PREFECT_LOCAL_STORAGE_PATH
     # (the response cache) with this one through the environment.
-    command = [sys.executable, "-m", "flows.describe_images", "--bucket", bucket,
+    command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", str(CONCURRENCY)]
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,

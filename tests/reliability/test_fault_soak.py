@@ -14,10 +14,10 @@ from collections.abc import Callable
 import pytest
 from pydantic import SecretStr
 
-from blocks import IG1Credentials, ResponsesModel
-from flows import describe_s3_images
-from flows.describe_images import DEFAULT_PROMPT
-from sandbox.emulator import EmulatorServer
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.sandbox.emulator import EmulatorServer
 from tests.conftest import TEST_KEY
 
 from .conftest import distinct_pngs

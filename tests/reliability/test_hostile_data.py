@@ -25,17 +25,17 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ParameterTypeError
 
-from flows import describe_s3_images
-from flows import record_index as record_index_module
-from flows import window as window_module
-from flows.markdown import escape_markdown, publishable_markdown, summary_line
-from flows.window import answer_problem
-from ig1 import BudgetExhaustedError, Response
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from sandbox.sample_images import flat_image
-from tasks.cache import ResponseCache
-from tasks.s3 import record_key
+from prefect_ig1.client import BudgetExhaustedError, Response
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows import record_index as record_index_module
+from prefect_ig1.flows import window as window_module
+from prefect_ig1.flows.markdown import escape_markdown, publishable_markdown, summary_line
+from prefect_ig1.flows.window import answer_problem
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.sample_images import flat_image
+from prefect_ig1.tasks.cache import ResponseCache
+from prefect_ig1.tasks.s3 import record_key
 
 from .conftest import Images, distinct_pngs
 from .helpers_b import describe_calls, records, run_outputs, s3
@@ -263,7 +263,7 @@ def test_any_summary_failure_still_writes_the_outputs_and_removes_the_temp_folde
     def refused(*_: Any, **__: Any) -> Any:
         raise window_module.NotAttempted
 
-    monkeypatch.setattr("flows.describe_images.summarize_run", refused)
+    monkeypatch.setattr("prefect_ig1.flows.describe_images.summarize_run", refused)
     report = describe_s3_images(bucket, prompt=prompt)
     outputs = run_outputs(local_s3, bucket, report.outputs["run.json"].split("/")[-2])
     assert "Summary unavailable: NotAttempted" in outputs["summary.md"]

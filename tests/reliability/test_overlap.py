@@ -21,10 +21,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from flows import describe_s3_images
-from flows.window import _controls
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.window import _controls
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.reliability import conftest
 from tests.reliability.helpers_b import describe_calls, distinct_pngs, put, records, run_outputs
 
@@ -112,7 +112,7 @@ def test_two_processes_at_once_pay_for_few_images_twice(
     images = conftest.distinct_pngs(48)
     bucket = bucket_with_images(images)
     flow_env.configure(latency=0.3)  # 48 images at 4 in flight: ~4 s of calls per run
-    command = [sys.executable, "-m", "flows.describe_images", "--bucket", bucket,
+    command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", "4"]
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,

@@ -36,13 +36,13 @@ from prefect.settings import (
 )
 from pydantic import SecretStr
 
-from blocks import IG1Credentials, ResponsesModel
-from flows import describe_s3_images
-from ig1 import AuthenticationError, BudgetExhaustedError
-from sandbox import sample_images as samples
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from tasks import create_response
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import AuthenticationError, BudgetExhaustedError
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.sandbox import sample_images as samples
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.tasks import create_response
 from tests.reliability.helpers_b import all_keys, distinct_pngs, put, s3
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from blocks import IG1Credentials, ResponsesModel
-from flows import describe_s3_images
-from flows.records import ImageRecord
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.records import ImageRecord
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
 from tests.conftest import TEST_KEY
 
 from .conftest import distinct_pngs

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.emulator import EmulatorServer
 
 
 @pytest.fixture(scope="module")

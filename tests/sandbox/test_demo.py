@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m sandbox.demo``), the README's first command, end to end."""
+"""``make demo`` (``python -m prefect_ig1.sandbox.demo``): the README's first command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_the_demo_describes_summarises_and_reruns_for_free(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "IG1AI_", "AWS_"))}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-m", "sandbox.demo"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "prefect_ig1.sandbox.demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout

@@ -18,8 +18,8 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from PIL import Image
 
-from sandbox.emulator import FAULT_KINDS, EmulatorServer
-from sandbox.sample_images import broken_images, sample_images, small_png
+from prefect_ig1.sandbox.emulator import FAULT_KINDS, EmulatorServer
+from prefect_ig1.sandbox.sample_images import broken_images, sample_images, small_png
 
 MODEL = "qwen35-397b-a17b-instruct-general"
 
@@ -510,7 +510,7 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
 
 
 def test_cli_serves_until_terminated() -> None:
-    command = [sys.executable, "-m", "sandbox.emulator"]
+    command = [sys.executable, "-m", "prefect_ig1.sandbox.emulator"]
     command += ["--port", "0", "--api-key", "k", "--shape", "text"]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

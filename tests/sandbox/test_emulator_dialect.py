@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.emulator import EmulatorServer
 
 MODEL = "m"
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from sandbox._settings import TRANSIENT_MIX, parse_mix
-from sandbox.emulator import EmulatorServer, _parser
-from sandbox.sample_images import small_png
+from prefect_ig1.sandbox._settings import TRANSIENT_MIX, parse_mix
+from prefect_ig1.sandbox.emulator import EmulatorServer, _parser
+from prefect_ig1.sandbox.sample_images import small_png
 from tests.sandbox.test_emulator import MODEL, image_input
 
 

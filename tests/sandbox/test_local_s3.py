@@ -7,7 +7,7 @@ import uuid
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.local_s3 import LocalS3
 
 
 def test_stop_refuses_connections_and_start_serves_the_same_state() -> None:
@@ -28,7 +28,7 @@ def test_stop_refuses_connections_and_start_serves_the_same_state() -> None:
 
 
 def test_the_s3_only_server_of_the_benchmarks_serves_tricky_keys() -> None:
-    """``python -m sandbox.local_s3``: moto's S3 app alone, in a process of its own."""
+    """``python -m prefect_ig1.sandbox.local_s3``: moto's S3 app alone, in a process of its own."""
     import socket
     import subprocess
     import sys
@@ -40,7 +40,8 @@ def test_the_s3_only_server_of_the_benchmarks_serves_tricky_keys() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "sandbox.local_s3", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "prefect_ig1.sandbox.local_s3",
+                               "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from PIL import Image
 
-from sandbox import sample_images as samples
+from prefect_ig1.sandbox import sample_images as samples
 
 
 def open_image(data: bytes) -> Image.Image:

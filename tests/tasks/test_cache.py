@@ -15,10 +15,10 @@ import pytest
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel, SecretStr
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import InputImage, InputMessage, InputText, Response, build_request
-from sandbox.sample_images import sample_images
-from tasks import (
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import InputImage, InputMessage, InputText, Response, build_request
+from prefect_ig1.sandbox.sample_images import sample_images
+from prefect_ig1.tasks import (
     CACHE_KEY_PREFIX,
     ResponseCache,
     image_digest,
@@ -185,7 +185,7 @@ def test_a_planted_pickle_record_is_a_miss_and_never_runs(
         storage.write_path(planted, pickled_record(planted, marker),
                            _sync=True)  # type: ignore[call-arg]
     cache = ResponseCache(storage)
-    with caplog.at_level(logging.DEBUG, logger="tasks.cache"):
+    with caplog.at_level(logging.DEBUG, logger="prefect_ig1.tasks.cache"):
         assert cache.get(key) is None
         assert cache.get(key) is None
         assert cache.get(v1_key) is None
@@ -203,7 +203,7 @@ def test_a_planted_pickle_record_is_a_miss_and_never_runs(
 def test_anything_else_under_a_key_is_a_miss(storage: LocalFileSystem, content: bytes,
                                              caplog: pytest.LogCaptureFixture) -> None:
     storage.write_path("k", content, _sync=True)  # type: ignore[call-arg]
-    with caplog.at_level(logging.WARNING, logger="tasks.cache"):
+    with caplog.at_level(logging.WARNING, logger="prefect_ig1.tasks.cache"):
         assert ResponseCache(storage).get("k") is None
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
@@ -211,7 +211,7 @@ def test_anything_else_under_a_key_is_a_miss(storage: LocalFileSystem, content: 
 def test_an_empty_file_is_a_quiet_miss(storage: LocalFileSystem,
                                        caplog: pytest.LogCaptureFixture) -> None:
     storage.write_path("k", b"", _sync=True)  # type: ignore[call-arg]
-    with caplog.at_level(logging.WARNING, logger="tasks.cache"):
+    with caplog.at_level(logging.WARNING, logger="prefect_ig1.tasks.cache"):
         assert ResponseCache(storage).get("k") is None
     assert not caplog.records
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
-from sandbox import sample_images as samples
-from tasks.images import ImageRejected, PreparedImage, _prepare, prepare_image
+from prefect_ig1.sandbox import sample_images as samples
+from prefect_ig1.tasks.images import ImageRejected, PreparedImage, _prepare, prepare_image
 
 
 def _open(prepared: PreparedImage) -> Image.Image:
@@ -165,7 +165,7 @@ def test_the_pixel_cap_is_checked_before_any_pixel_is_decoded() -> None:
 
 def test_a_small_file_of_many_pixels_is_refused_by_the_default_cap() -> None:
     """A 9,400 x 9,400 flat PNG is a few hundred KB, but ~1.1 GB to decode: not decoded."""
-    from sandbox.sample_images import flat_image
+    from prefect_ig1.sandbox.sample_images import flat_image
     _, data = flat_image(9400, 9400, "PNG")
     assert len(data) < 1_000_000
     with pytest.raises(ImageRejected) as caught:

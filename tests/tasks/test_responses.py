@@ -19,8 +19,8 @@ from prefect import flow
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from pydantic import BaseModel, SecretStr
 
-from blocks import IG1Credentials, ResponsesModel
-from ig1 import (
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import (
     AuthenticationError,
     BadRequestError,
     BudgetExhaustedError,
@@ -33,10 +33,10 @@ from ig1 import (
     Response,
     ServerError,
 )
-from sandbox.emulator import EmulatorServer
-from sandbox.local_s3 import LocalS3
-from sandbox.sample_images import sample_images
-from tasks import ResponseCache, acreate_response, create_response, prepare_call
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.sandbox.sample_images import sample_images
+from prefect_ig1.tasks import ResponseCache, acreate_response, create_response, prepare_call
 from tests.conftest import TEST_KEY
 from tests.tasks.test_cache import pickled_record
 
