@@ -18,13 +18,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -33,34 +31,24 @@ from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
-from prefect_ig1.tasks import prepare_call, resolve_model
+from prefect_ig1.tasks import resolve_credentials, resolve_model
+from prefect_ig1.tasks.engine import CallEngine, check_global_limit
 from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
 from prefect_ig1.tasks.s3 import (
     ensure_bucket_exists,
-    is_image_key,
-    list_objects,
-    record_key,
     s3_client,
     upload_file,
     write_json,
     write_text,
 )
 
-from .markdown import escape_markdown, publishable_markdown, summary_line
-from .record_index import IndexEntry, entry_for, is_settled, load_index, save_index
-from .records import ItemStatus
+from .freshness import candidates, entry_for, windows
+from .markdown import escape_markdown, publishable_markdown
+from .record_index import IndexEntry, load_index, save_index
+from .records import DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
-from .summary import DEFAULT_SUMMARY_PROMPT, MIN_CHUNK_CHARS, SummaryResult, map_reduce_summary
-from .window import (
-    CallGate,
-    Candidate,
-    DescribeSettings,
-    ItemResult,
-    check_global_limit,
-    describe_window,
-    release_run_control,
-    run_control,
-)
+from .summary import DEFAULT_SUMMARY_PROMPT, MIN_CHUNK_CHARS, summarize_run
+from .window import ImagePreparation, describe_window
 
 __all__ = ["DEFAULT_PROMPT", "describe_s3_images", "main"]
 
@@ -72,7 +60,6 @@ DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 """Calls in flight at most, however high /usage's max_throughput claims to be."""
 WINDOW_SIZE = 50
-SHUFFLE_BLOCK = 1000  # one S3 listing page
 
 
 class ItemErrors(Exception):
@@ -101,6 +88,7 @@ def describe_s3_images(
     slot_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0,
     fail_on_item_errors: bool = False,
     aws_credentials: AwsCredentials | None = None,
+    credentials: IG1Credentials | str | None = None,
 ) -> RunReport:
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run.
 
@@ -115,20 +103,18 @@ def describe_s3_images(
             "writes its records: nothing there would be described. Use another output_prefix.")
     run_id, run_name = _run_identity()
     profile = resolve_model(model)
-    credentials = profile.get_credentials()
+    credentials = resolve_credentials(credentials, profile)
     if concurrency_limit_name:
         check_global_limit(concurrency_limit_name)
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
     concurrency = max_concurrency or _concurrency_from_usage(credentials)
     settings = DescribeSettings(
-        run_id=run_id, run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
+        run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
         params={"max_output_tokens": max_output_tokens} if max_output_tokens else {},
         detail=detail, max_image_side=max_image_side,
         max_object_bytes=int(max_object_mb * 1024 * 1024), max_image_pixels=max_image_pixels,
-        max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
-        slot_timeout_seconds=slot_timeout_seconds, retry_delay_seconds=retry_delay_seconds,
     )
     report = RunReport(run=run_name, bucket=bucket, prefix=prefix, output_prefix=output_prefix,
                        model=profile.model, max_concurrency=concurrency)
@@ -137,33 +123,33 @@ def describe_s3_images(
 
     index = load_index(s3, bucket, output_prefix)
     learnt: dict[str, IndexEntry] = {}
-    with tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir:
+    with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,
+          CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
+                     slot_timeout_seconds=slot_timeout_seconds,
+                     retry_delay_seconds=retry_delay_seconds) as engine):
         manifest = Path(workdir) / "manifest.jsonl"
-        try:
-            with manifest.open("w", encoding="utf-8") as lines:
-                for result in _describe_all(s3, settings, report, window_size, lines, index):
-                    report.count(result)
-                    entry = entry_for(result, settings.digest)
-                    if entry is not None and index.get(result.key) != entry:
-                        learnt[result.key] = entry
-            if learnt:
-                save_index(s3, bucket, output_prefix, {**index, **learnt})
-            report.timings["describe_s"] = round(time.monotonic() - started, 3)
-            control = run_control(settings)
-            report.requests = control.requests_sent
-            summary_started = time.monotonic()
-            if control.stop_reason is None:
-                summary = _summarise(manifest, settings, summary_prompt, summary_chunk_chars,
-                                     report)
-            stop = control.stop_reason  # a refusal may also come during the summary
-            stop_error = None if stop is None else _stop_error(stop, report)
-            if stop_error is not None:
-                if report.summary_calls == 0:  # every further call would fail the same way
-                    summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
-                report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
-            report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
-        finally:
-            release_run_control(run_id)
+        with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
+            for result in _describe_all(s3, settings, engine, images, report, window_size,
+                                        lines, index, random.Random(run_id)):
+                report.count(result)
+                entry = entry_for(result, settings.digest)
+                if entry is not None and index.get(result.key) != entry:
+                    learnt[result.key] = entry
+        if learnt:
+            save_index(s3, bucket, output_prefix, {**index, **learnt})
+        report.timings["describe_s"] = round(time.monotonic() - started, 3)
+        report.requests = engine.requests_sent
+        summary_started = time.monotonic()
+        if not engine.stopped:
+            summary = _summarise(manifest, settings, engine, summary_prompt,
+                                 summary_chunk_chars, report)
+        stop = engine.stop_reason  # a refusal may also come during the summary
+        stop_error = None if stop is None else _stop_error(stop, report)
+        if stop_error is not None:
+            if report.summary_calls == 0:  # every further call would fail the same way
+                summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
+            report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
+        report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
 
         report.timings["total_s"] = round(time.monotonic() - started, 3)
         # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
@@ -228,80 +214,22 @@ def _concurrency_from_usage(credentials: IG1Credentials) -> int:
     return max(1, min(claimed, MAX_CONCURRENCY))
 
 
-def _candidates(s3: Any, settings: DescribeSettings, prefix: str,
-                report: RunReport) -> Iterator[Candidate]:
-    """Listed images, with their record's ETag if any; skipped keys are counted, not hidden.
-
-    The records of images under ``prefix`` are listed in a thread beside the first page
-    of images (on a rerun, the two listings are most of the time spent).
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="ig1-list-records") as lister:
-        listing = lister.submit(_record_etags, s3, settings.bucket,
-                                settings.output_prefix + prefix)
-        for obj in list_objects(s3, settings.bucket, prefix):
-            report.listed += 1
-            if obj.key.startswith(settings.output_prefix):
-                report.skip("output")
-            elif obj.key.endswith("/") and obj.size == 0:
-                report.skip("folder")
-            elif not is_image_key(obj.key, unsupported=True):  # HEIC & co.: an error record
-                report.skip("not_an_image_extension")
-            else:
-                records = listing.result()
-                yield Candidate(key=obj.key, etag=obj.etag, size=obj.size,
-                                record_etag=records.get(record_key(settings.output_prefix,
-                                                                   obj.key)))
-
-
-def _record_etags(s3: Any, bucket: str, records_prefix: str) -> dict[str, str]:
-    return {obj.key: obj.etag for obj in list_objects(s3, bucket, records_prefix)
-            if obj.key.endswith(".json")}
-
-
-def _windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int,
-             order: random.Random, digest: str) -> Iterator[list[Candidate] | ItemResult]:
-    """Windows of candidates to describe; images the index proves current come out alone.
-
-    Candidates are taken in blocks of ``SHUFFLE_BLOCK`` as listed, each block shuffled
-    by the run's own ``order``: two runs overlapping on one bucket (a nightly run and an
-    upload-triggered one, in separate processes) then seldom reach the same image at the
-    same moment, and the later one finds the answer in the shared cache instead of
-    paying for it again.
-    """
-    block: list[Candidate] = []
-
-    def windows_of(block: list[Candidate]) -> Iterator[list[Candidate]]:
-        order.shuffle(block)
-        for start in range(0, len(block), size):
-            yield block[start:start + size]
-
-    for candidate in candidates:
-        if is_settled(candidate, index, digest):
-            yield ItemResult(key=candidate.key, status=ItemStatus.unchanged)
-            continue
-        block.append(candidate)
-        if len(block) == SHUFFLE_BLOCK:
-            yield from windows_of(block)
-            block = []
-    yield from windows_of(block)
-
-
-def _describe_all(s3: Any, settings: DescribeSettings, report: RunReport, window_size: int,
-                  manifest: Any, index: dict[str, IndexEntry]) -> Iterator[ItemResult]:
+def _describe_all(s3: Any, settings: DescribeSettings, engine: CallEngine,
+                  images: ImagePreparation, report: RunReport, window_size: int, manifest: Any,
+                  index: dict[str, IndexEntry], order: random.Random) -> Iterator[ItemResult]:
     """Submit windows with a bounded number in flight; stream results to the manifest."""
-    in_flight_windows = max(2, math.ceil(2 * settings.max_concurrency / window_size) + 1)
+    in_flight_windows = max(2, math.ceil(2 * engine.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
-    windows = _windows(_candidates(s3, settings, report.prefix, report), index, window_size,
-                       random.Random(settings.run_id), settings.digest)
-    control = run_control(settings)
-    for window in windows:
+    listed = candidates(s3, settings.bucket, settings.output_prefix, report.prefix, report)
+    for window in windows(listed, index, window_size, order, settings.digest):
         if isinstance(window, ItemResult):
             yield window
             continue
-        if control.stop_reason is not None:
+        if engine.stopped:
             yield from (ItemResult(key=c.key, status=ItemStatus.not_attempted) for c in window)
             continue
-        pending.append(describe_window.submit(window, settings, first_key=window[0].key))
+        pending.append(describe_window.submit(window, settings, engine, images,
+                                              first_key=window[0].key))
         if len(pending) >= in_flight_windows:
             done = next(as_completed(pending))
             pending.remove(done)
@@ -317,42 +245,18 @@ def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[I
         yield result
 
 
-@task(name="summarize-run", cache_policy=NO_CACHE, persist_result=False)
-def summarize_run(manifest: Path, settings: DescribeSettings, summary_prompt: str,
-                  chunk_chars: int) -> SummaryResult | None:
-    """Map-reduce this run's descriptions; the calls share the run's bound, cache and limit."""
-    control = run_control(settings)
-    gate = CallGate(settings, control)
-
-    def lines() -> Iterator[str]:
-        with manifest.open(encoding="utf-8") as rows:
-            for row in rows:
-                item = json.loads(row)
-                if item.get("text"):
-                    yield summary_line(item["key"], item["text"])
-
-    def summarize(chunks: list[str]) -> list[str]:
-        calls = [prepare_call(chunk, model=settings.profile, credentials=settings.credentials,
-                              instructions=summary_prompt) for chunk in chunks]
-        futures = [control.workers.submit(gate.call, call, counted=False) for call in calls]
-        return [future.result()[0].output_text for future in futures]
-
-    return map_reduce_summary(lines(), summarize=summarize, chunk_chars=chunk_chars,
-                              parallel=2 * settings.max_concurrency)
-
-
 def _summary_header(report: RunReport) -> str:
     return f"# Image descriptions: run {report.run}\n\n{report.headline()}\n\n"
 
 
-def _summarise(manifest: Path, settings: DescribeSettings, summary_prompt: str,
-               chunk_chars: int, report: RunReport) -> str:
+def _summarise(manifest: Path, settings: DescribeSettings, engine: CallEngine,
+               summary_prompt: str, chunk_chars: int, report: RunReport) -> str:
     """The run's summary in Markdown; a failed summary is said, not fatal."""
     header = _summary_header(report)
     if not any(report.n(status) for status in (ItemStatus.described, ItemStatus.cached)):
         return header + "_No new descriptions in this run._\n"
     try:
-        result = summarize_run(manifest, settings, summary_prompt, chunk_chars)
+        result = summarize_run(manifest, settings, engine, summary_prompt, chunk_chars)
     except Exception as exc:  # the descriptions are done: the run's outputs are written anyway
         get_run_logger().warning("summary failed: %s: %s", type(exc).__name__, exc)
         why = escape_markdown(f"{type(exc).__name__}: {exc}")

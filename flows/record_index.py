@@ -25,10 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prefect_ig1.tasks.s3 import ObjectTooLarge, read_if_exists
 
-from .records import ItemStatus
-from .window import Candidate, ItemResult
-
-__all__ = ["INDEX_NAME", "IndexEntry", "entry_for", "is_settled", "load_index", "save_index"]
+__all__ = ["INDEX_NAME", "IndexEntry", "load_index", "save_index"]
 
 INDEX_NAME = "_state/record-index.jsonl.gz"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -57,24 +54,6 @@ class _IndexRow(BaseModel):
     record_etag: str
     settled: bool
     settings: str | None = None
-
-
-def is_settled(candidate: Candidate, index: dict[str, IndexEntry], settings: str) -> bool:
-    """True when the index proves this image's record current: no need to read it."""
-    entry = index.get(candidate.key)
-    return (entry is not None and entry.settled and entry.source_etag == candidate.etag
-            and entry.record_etag == candidate.record_etag
-            and entry.settings in (None, settings))
-
-
-def entry_for(result: ItemResult, settings: str) -> IndexEntry | None:
-    """What a run learnt of one image, if it wrote or read its record."""
-    if result.etag is None or result.record_etag is None:
-        return None
-    if result.status is not ItemStatus.failed:
-        return IndexEntry(result.etag, result.record_etag, True)
-    lasting = result.error is not None and not result.error.retryable
-    return IndexEntry(result.etag, result.record_etag, lasting, settings if lasting else None)
 
 
 def load_index(s3: Any, bucket: str, output_prefix: str) -> dict[str, IndexEntry]:

@@ -10,27 +10,29 @@ else (an outage, a spent budget, a full disk, a bug) is tried again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from prefect_aws import AwsCredentials
+from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_ig1.client import (
-    APIStatusError,
-    AuthenticationError,
-    BudgetExhaustedError,
-    Response,
-    ResponseFailedError,
-)
+from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.client import APIStatusError, Response, ResponseFailedError
+from prefect_ig1.tasks.engine import is_run_stopping
+from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
 
 __all__ = [
+    "Candidate",
+    "DescribeSettings",
     "ImageRecord",
+    "ItemResult",
     "ItemStatus",
     "RecordError",
     "is_item_fault",
     "is_run_stopping",
-    "needs_description",
     "utc_now",
 ]
 
@@ -111,16 +113,6 @@ def _usage(response: Response) -> dict[str, Any] | None:
     return response.usage.model_dump(include={"input_tokens", "output_tokens", "total_tokens"})
 
 
-def needs_description(existing: ImageRecord | None, etag: str, settings: str) -> bool:
-    """True unless the record describes these bytes, or failed on them for a lasting reason
-    under these same settings (another prompt, size or cap deserves another try)."""
-    if existing is None or existing.source_etag != etag:
-        return True
-    if existing.error is None:
-        return False
-    return existing.error.retryable or existing.settings != settings
-
-
 def is_item_fault(exc: BaseException) -> bool:
     """The request itself was refused (400/404/413/422, or a failed response whose code is
     not transient, e.g. ``invalid_image``): sending it again cannot help."""
@@ -133,6 +125,58 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def is_run_stopping(exc: BaseException) -> bool:
-    """401/403 and 402 stop the whole run: every further call would fail the same way."""
-    return isinstance(exc, AuthenticationError | BudgetExhaustedError)
+
+
+class Candidate(BaseModel):
+    """A listed image that may need describing (no bytes: keys only cross task boundaries)."""
+
+    key: str
+    etag: str
+    size: int
+    record_etag: str | None = None
+    """The ETag of its record as listed, if it has one."""
+
+
+class ItemResult(BaseModel):
+    """One line of the run's manifest."""
+
+    key: str
+    status: ItemStatus
+    text: str | None = None
+    error: RecordError | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    sent_bytes: int | None = None
+    etag: str | None = None
+    """The source's ETag, and the ETag of the record read or written for it (the index's)."""
+    record_etag: str | None = None
+
+
+class DescribeSettings(BaseModel):
+    """Everything a window needs, resolved once per run."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    run_name: str  # shown in records and run outputs
+    bucket: str
+    output_prefix: str
+    prompt: str
+    profile: ResponsesModel
+    credentials: IG1Credentials
+    aws_credentials: AwsCredentials | None = None
+    params: dict[str, Any] = {}
+    detail: Literal["auto", "low", "high"] = "auto"
+    max_image_side: int = 1024
+    max_object_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+    @property
+    def digest(self) -> str:
+        """What a lasting failure depends on besides the image: another value, another try."""
+        material = {"base_url": self.credentials.base_url, "model": self.profile.model,
+                    "prompt": self.prompt, "params": self.params, "detail": self.detail,
+                    "max_image_side": self.max_image_side,
+                    "max_object_bytes": self.max_object_bytes,
+                    "max_image_pixels": self.max_image_pixels}
+        canonical = json.dumps(material, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

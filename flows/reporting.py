@@ -11,8 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, computed_field
 
 from .markdown import one_line, publishable_markdown
-from .records import ItemStatus
-from .window import ItemResult
+from .records import ItemResult, ItemStatus
 
 __all__ = ["MAX_TABLE_ROWS", "RunReport", "publish_artifacts"]
 

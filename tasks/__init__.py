@@ -1,40 +1,35 @@
-"""Prefect tasks: one IG1 Responses call each, cached by content and retried when transient;
-plus the image and S3 steps the flows need."""
+"""Prefect tasks: one IG1 Responses call each (cached by content, retried when transient),
+the call engine for many calls at once, and image preparation.
 
-from .cache import (
-    CACHE_KEY_PREFIX,
-    ResponseCache,
-    image_digest,
-    is_cacheable,
-    response_cache_key,
-)
+Internals (the cache store and key, the S3 helpers) stay in their modules:
+``prefect_ig1.tasks.cache``, ``prefect_ig1.tasks.s3``.
+"""
+
+from .engine import CallEngine, CallResult, NotAttempted, respond_many
 from .images import ImageRejected, PreparedImage, prepare_image
 from .responses import (
     PreparedCall,
     acreate_response,
-    asend_cached,
     create_response,
     prepare_call,
+    resolve_credentials,
     resolve_model,
     retry_on_transient_failure,
-    send_cached,
 )
 
 __all__ = [
-    "CACHE_KEY_PREFIX",
+    "CallEngine",
+    "CallResult",
     "ImageRejected",
+    "NotAttempted",
     "PreparedCall",
     "PreparedImage",
-    "ResponseCache",
     "acreate_response",
-    "asend_cached",
     "create_response",
-    "image_digest",
-    "is_cacheable",
     "prepare_call",
     "prepare_image",
+    "resolve_credentials",
     "resolve_model",
-    "response_cache_key",
+    "respond_many",
     "retry_on_transient_failure",
-    "send_cached",
 ]

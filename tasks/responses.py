@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ __all__ = [
     "asend_cached",
     "create_response",
     "prepare_call",
+    "resolve_credentials",
     "resolve_model",
     "retry_on_transient_failure",
     "send_cached",
@@ -69,8 +71,9 @@ def resolve_model(model: ResponsesModel | str | None) -> ResponsesModel:
     return seen[1] or ResponsesModel(model=model)
 
 
-def _resolve_credentials(credentials: IG1Credentials | str | None,
-                         profile: ResponsesModel) -> IG1Credentials:
+def resolve_credentials(credentials: IG1Credentials | str | None,
+                        profile: ResponsesModel) -> IG1Credentials:
+    """A credentials block, a saved block's name, or the profile's (else the environment's)."""
     if isinstance(credentials, IG1Credentials):
         return credentials
     if isinstance(credentials, str):
@@ -107,7 +110,7 @@ def prepare_call(
     request = profile.build_request(input, instructions=instructions,
                                     response_format=response_format, **(params or {}))
     text_format = response_format if isinstance(response_format, type) else None
-    return PreparedCall(_resolve_credentials(credentials, profile), request, text_format)
+    return PreparedCall(resolve_credentials(credentials, profile), request, text_format)
 
 
 def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
@@ -130,14 +133,17 @@ _TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def send_cached(call: PreparedCall, cache: ResponseCache, *,
-                refresh: bool = False) -> tuple[Response, bool]:
+def send_cached(call: PreparedCall, cache: ResponseCache, *, refresh: bool = False,
+                on_send: Callable[[], None] | None = None) -> tuple[Response, bool]:
     """``(response, from_cache)``: the cached answer, else one call whose answer is stored
-    (when ``is_cacheable``). ``refresh`` skips the lookup, not the store."""
+    (when ``is_cacheable``). ``refresh`` skips the lookup, not the store; ``on_send`` is
+    called just before the request goes out (the engine counts requests with it)."""
     if not refresh:
         hit = cache.get(call.cache_key, text_format=call.text_format)
         if hit is not None:
             return hit, True
+    if on_send is not None:
+        on_send()
     response = call.credentials.get_client().send(call.request, text_format=call.text_format)
     _store(cache, call, response)
     return response, False

@@ -23,9 +23,9 @@ from prefect.client.schemas.filters import (
 
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError
 from prefect_ig1.flows import describe_s3_images
-from prefect_ig1.flows.window import RunControl
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
+from prefect_ig1.tasks import CallEngine
 from tests.reliability import helpers_b
 from tests.reliability.helpers_b import distinct_pngs, put, records, run_outputs
 
@@ -39,13 +39,13 @@ CONCURRENCY = 4
 def slow_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     """An item that got the 402/401 is descheduled for 50 ms before it flips the stop switch:
     the bound must hold by construction, not because threads happen to run in order."""
-    original = RunControl.stop
+    original = CallEngine.stop
 
-    def stop(self: RunControl, reason: BaseException) -> None:
+    def stop(self: CallEngine, reason: BaseException) -> None:
         time.sleep(0.05)
         original(self, reason)
 
-    monkeypatch.setattr(RunControl, "stop", stop)
+    monkeypatch.setattr(CallEngine, "stop", stop)
 
 
 def _run(bucket: str, prompt: str, concurrency: int = CONCURRENCY) -> Any:

@@ -25,7 +25,8 @@ from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
 from prefect_ig1.sandbox._settings import body_digest
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from prefect_ig1.tasks import ResponseCache, create_response, prepare_call
+from prefect_ig1.tasks import create_response, prepare_call
+from prefect_ig1.tasks.cache import ResponseCache
 from prefect_ig1.tasks.images import prepare_image
 from tests.conftest import TEST_KEY
 

@@ -34,6 +34,7 @@ from prefect_ig1.flows.window import answer_problem
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import flat_image
+from prefect_ig1.tasks import CallEngine, NotAttempted
 from prefect_ig1.tasks.cache import ResponseCache
 from prefect_ig1.tasks.s3 import record_key
 
@@ -62,7 +63,7 @@ def test_an_unexpected_error_is_retried_by_the_next_run(
         raise ConcurrencySlotAcquisitionError("could not take a slot")
 
     with monkeypatch.context() as patch:
-        patch.setattr(window_module.CallGate, "_send", no_slot)
+        patch.setattr(CallEngine, "_send", no_slot)
         first = describe_s3_images(bucket, prompt=prompt, retry_delay_seconds=0)
     assert first.counts == {"failed": 3}
     found = records(local_s3, bucket)
@@ -106,7 +107,7 @@ def test_a_failed_cache_write_keeps_the_paid_answer(
     assert describe_calls(env) == 2  # paid once each, and each answer made its record
     found = records(local_s3, bucket)
     assert all(found[key]["text"] for key in _keys(images))
-    assert "Could not store a paid IG1 answer" in caplog.text
+    assert "IG1 answer not cached" in caplog.text
 
 
 def test_a_missing_concurrency_limit_fails_before_any_image_is_touched(
@@ -261,7 +262,7 @@ def test_any_summary_failure_still_writes_the_outputs_and_removes_the_temp_folde
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def refused(*_: Any, **__: Any) -> Any:
-        raise window_module.NotAttempted
+        raise NotAttempted
 
     monkeypatch.setattr("prefect_ig1.flows.describe_images.summarize_run", refused)
     report = describe_s3_images(bucket, prompt=prompt)

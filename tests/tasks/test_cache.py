@@ -18,12 +18,12 @@ from pydantic import BaseModel, SecretStr
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import InputImage, InputMessage, InputText, Response, build_request
 from prefect_ig1.sandbox.sample_images import sample_images
-from prefect_ig1.tasks import (
+from prefect_ig1.tasks import prepare_call
+from prefect_ig1.tasks.cache import (
     CACHE_KEY_PREFIX,
     ResponseCache,
     image_digest,
     is_cacheable,
-    prepare_call,
     response_cache_key,
 )
 

@@ -36,7 +36,8 @@ from prefect_ig1.client import (
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import sample_images
-from prefect_ig1.tasks import ResponseCache, acreate_response, create_response, prepare_call
+from prefect_ig1.tasks import acreate_response, create_response, prepare_call
+from prefect_ig1.tasks.cache import ResponseCache
 from tests.conftest import TEST_KEY
 from tests.tasks.test_cache import pickled_record
 
