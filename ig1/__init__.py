@@ -3,7 +3,14 @@
 The Prefect-facing packages (``blocks``, ``tasks``, ``flows``) stay thin over it.
 """
 
-from ._client import DEFAULT_BASE_URL, AccountUsage, AsyncIG1Client, IG1Client
+from ._client import (
+    DEFAULT_BASE_URL,
+    AccountUsage,
+    AsyncIG1Client,
+    AsyncResponseStream,
+    IG1Client,
+    ResponseStream,
+)
 from ._exceptions import (
     APIError,
     APIStatusError,
@@ -49,6 +56,7 @@ __all__ = [
     "APIStatusError",
     "AccountUsage",
     "AsyncIG1Client",
+    "AsyncResponseStream",
     "AuthenticationError",
     "BadRequestError",
     "BudgetExhaustedError",
@@ -70,6 +78,7 @@ __all__ = [
     "RequestValidationError",
     "Response",
     "ResponseFailedError",
+    "ResponseStream",
     "ResponsesRequest",
     "RetryPolicy",
     "ServerError",

@@ -30,7 +30,8 @@ from ._retry import RetryPolicy
 from ._stream import StreamAccumulator, StreamEvent
 from ._structured import parse_structured
 
-__all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "IG1Client"]
+__all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "AsyncResponseStream", "IG1Client",
+           "ResponseStream"]
 
 DEFAULT_BASE_URL = "https://api.ig1.ai/v1"
 logger = logging.getLogger("prefect_ig1.client")

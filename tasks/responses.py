@@ -35,6 +35,9 @@ from .cache import ResponseCache, response_cache_key
 __all__ = [
     "PreparedCall",
     "acreate_response",
+    "aprepare_call",
+    "aresolve_credentials",
+    "aresolve_model",
     "asend_cached",
     "create_response",
     "prepare_call",
@@ -46,29 +49,58 @@ __all__ = [
 
 logger = logging.getLogger("prefect_ig1.tasks.responses")
 _BLOCK_MEMO_SECONDS = 60.0
-_block_memo: dict[str, tuple[float, ResponsesModel | None]] = {}
+_block_memo: dict[str, tuple[float, ResponsesModel]] = {}
 _memo_lock = threading.Lock()
 
 
 def resolve_model(model: ResponsesModel | str | None) -> ResponsesModel:
-    """A profile from a block, a saved block's name, or a bare model id."""
+    """A profile from a block, a saved block's name, or a bare model id.
+
+    A block found is remembered for a minute (one API read per run, not per call); a name
+    that is no block is not, so a profile saved meanwhile is found on the next call.
+    """
     if isinstance(model, ResponsesModel):
         return model
     if model is None:
         return ResponsesModel()
-    with _memo_lock:
-        seen = _block_memo.get(model)
-    if seen is None or time.monotonic() - seen[0] > _BLOCK_MEMO_SECONDS:
+    block = _remembered(model)
+    if block is None:
         try:
-            block: ResponsesModel | None = cast(
-                ResponsesModel, ResponsesModel.load(model, _sync=True)  # type: ignore[call-arg]
-            )
+            block = cast(ResponsesModel,
+                         ResponsesModel.load(model, _sync=True))  # type: ignore[call-arg]
         except ValueError:  # no such block: the string is a model id
-            block = None
-        seen = (time.monotonic(), block)
-        with _memo_lock:
-            _block_memo[model] = seen
-    return seen[1] or ResponsesModel(model=model)
+            return ResponsesModel(model=model)
+        _remember(model, block)
+    return block
+
+
+async def aresolve_model(model: ResponsesModel | str | None) -> ResponsesModel:
+    """Async twin of ``resolve_model``: loads with Prefect's async API."""
+    if isinstance(model, ResponsesModel):
+        return model
+    if model is None:
+        return ResponsesModel()
+    block = _remembered(model)
+    if block is None:
+        try:
+            block = await ResponsesModel.aload(model)
+        except ValueError:
+            return ResponsesModel(model=model)
+        _remember(model, block)
+    return block
+
+
+def _remembered(name: str) -> ResponsesModel | None:
+    with _memo_lock:
+        seen = _block_memo.get(name)
+    if seen is None or time.monotonic() - seen[0] > _BLOCK_MEMO_SECONDS:
+        return None
+    return seen[1]
+
+
+def _remember(name: str, block: ResponsesModel) -> None:
+    with _memo_lock:
+        _block_memo[name] = (time.monotonic(), block)
 
 
 def resolve_credentials(credentials: IG1Credentials | str | None,
@@ -80,6 +112,14 @@ def resolve_credentials(credentials: IG1Credentials | str | None,
         return cast(IG1Credentials,
                     IG1Credentials.load(credentials, _sync=True))  # type: ignore[call-arg]
     return profile.get_credentials()
+
+
+async def aresolve_credentials(credentials: IG1Credentials | str | None,
+                               profile: ResponsesModel) -> IG1Credentials:
+    """Async twin of ``resolve_credentials``."""
+    if isinstance(credentials, str):
+        return await IG1Credentials.aload(credentials)
+    return resolve_credentials(credentials, profile)
 
 
 @dataclass(frozen=True)
@@ -107,10 +147,33 @@ def prepare_call(
 ) -> PreparedCall:
     """Resolve blocks and validate the request: shared by the tasks and batch code."""
     profile = resolve_model(model)
+    return _build_call(profile, resolve_credentials(credentials, profile), input,
+                       instructions, response_format, params)
+
+
+async def aprepare_call(
+    input: Any,
+    *,
+    model: ResponsesModel | str | None = None,
+    credentials: IG1Credentials | str | None = None,
+    instructions: str | None = None,
+    response_format: type[BaseModel] | dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> PreparedCall:
+    """Async twin of ``prepare_call`` (blocks loaded with Prefect's async API)."""
+    profile = await aresolve_model(model)
+    return _build_call(profile, await aresolve_credentials(credentials, profile), input,
+                       instructions, response_format, params)
+
+
+def _build_call(profile: ResponsesModel, credentials: IG1Credentials, input: Any,
+                instructions: str | None,
+                response_format: type[BaseModel] | dict[str, Any] | None,
+                params: dict[str, Any] | None) -> PreparedCall:
     request = profile.build_request(input, instructions=instructions,
                                     response_format=response_format, **(params or {}))
     text_format = response_format if isinstance(response_format, type) else None
-    return PreparedCall(resolve_credentials(credentials, profile), request, text_format)
+    return PreparedCall(credentials, request, text_format)
 
 
 def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
@@ -224,8 +287,9 @@ async def acreate_response(
     **params: Any,
 ) -> Response:
     """Async twin of ``create_response`` (same cache, same retries)."""
-    call = prepare_call(input, model=model, credentials=credentials, instructions=instructions,
-                        response_format=response_format, params=params)
+    call = await aprepare_call(input, model=model, credentials=credentials,
+                               instructions=instructions, response_format=response_format,
+                               params=params)
     cache, refresh = _task_cache(acreate_response)
     response, cached = await asend_cached(call, cache, refresh=refresh)
     _log_answer(call, response, cached)

@@ -44,20 +44,33 @@ if TYPE_CHECKING:
         TokenUsage,
         TruncatedResponseError,
     )
-    from prefect_ig1.flows import ImageRecord, RunReport, describe_s3_images
-    from prefect_ig1.tasks import acreate_response, create_response, prepare_image
+    from prefect_ig1.flows import (
+        BucketNotFound,
+        ImageRecord,
+        ItemErrors,
+        RunReport,
+        S3AccessDenied,
+        describe_s3_images,
+    )
+    from prefect_ig1.tasks import (
+        CallEngine,
+        CallResult,
+        NotAttempted,
+        acreate_response,
+        create_response,
+        prepare_image,
+        respond_many,
+    )
 
 __version__ = "0.1.0"
 
 _WHERE = {
     "IG1Credentials": "blocks",
     "ResponsesModel": "blocks",
-    "acreate_response": "tasks",
-    "create_response": "tasks",
-    "prepare_image": "tasks",
-    "ImageRecord": "flows",
-    "RunReport": "flows",
-    "describe_s3_images": "flows",
+    **dict.fromkeys(["CallEngine", "CallResult", "NotAttempted", "acreate_response",
+                     "create_response", "prepare_image", "respond_many"], "tasks"),
+    **dict.fromkeys(["BucketNotFound", "ImageRecord", "ItemErrors", "RunReport",
+                     "S3AccessDenied", "describe_s3_images"], "flows"),
     **dict.fromkeys([
         "APIError", "APIStatusError", "AuthenticationError", "BadRequestError",
         "BudgetExhaustedError", "IG1ConnectionError", "IG1Error", "IG1TimeoutError",
@@ -73,7 +86,10 @@ __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
+    "BucketNotFound",
     "BudgetExhaustedError",
+    "CallEngine",
+    "CallResult",
     "IG1ConnectionError",
     "IG1Credentials",
     "IG1Error",
@@ -83,7 +99,9 @@ __all__ = [
     "InputImage",
     "InputMessage",
     "InputText",
+    "ItemErrors",
     "MalformedResponseError",
+    "NotAttempted",
     "NotFoundError",
     "RateLimitError",
     "RequestValidationError",
@@ -91,6 +109,7 @@ __all__ = [
     "ResponseFailedError",
     "ResponsesModel",
     "RunReport",
+    "S3AccessDenied",
     "ServerError",
     "StructuredOutputError",
     "TokenUsage",
@@ -100,6 +119,7 @@ __all__ = [
     "create_response",
     "describe_s3_images",
     "prepare_image",
+    "respond_many",
 ]
 
 
