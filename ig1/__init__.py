@@ -44,7 +44,7 @@ from ._request import (
     build_request,
 )
 from ._response import OutputContent, OutputItem, Response, TokenUsage
-from ._retry import RetryPolicy, is_transient, parse_retry_after
+from ._retry import RetryPolicy, Throttle, is_transient, parse_retry_after
 from ._shared import shared_async_client, shared_client
 from ._stream import StreamEvent
 from ._structured import json_schema_text_config, parse_structured, strict_json_schema
@@ -85,6 +85,7 @@ __all__ = [
     "StreamEvent",
     "StructuredOutputError",
     "TextConfig",
+    "Throttle",
     "TokenUsage",
     "TruncatedResponseError",
     "build_request",

@@ -21,17 +21,18 @@ from ._exceptions import (
     IG1Error,
     IG1TimeoutError,
     MalformedResponseError,
+    RateLimitError,
     TruncatedResponseError,
 )
 from ._reply import excerpt, response_from_http, status_error
 from ._request import ResponsesRequest
 from ._response import Response
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, Throttle
 from ._stream import StreamAccumulator, StreamEvent
 from ._structured import parse_structured
 
-__all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "AsyncResponseStream", "IG1Client",
-           "ResponseStream"]
+__all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "AsyncResponseStream",
+           "IG1Client", "ResponseStream"]
 
 DEFAULT_BASE_URL = "https://api.ig1.ai/v1"
 logger = logging.getLogger("prefect_ig1.client")
@@ -71,6 +72,7 @@ class _BaseClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self.throttle = Throttle(max_pause=self.retry_policy.max_retry_after)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=max_connections)
 
@@ -90,6 +92,17 @@ class _BaseClient:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key=[secure])"
+
+    @contextmanager
+    def _throttled(self) -> Iterator[None]:
+        """A 429 with a wait holds every send of this client (one per process and key),
+        not only the retry of the request that got it."""
+        try:
+            yield
+        except RateLimitError as exc:
+            self.throttle.hold(exc.retry_after)
+            raise
+        self.throttle.succeeded()
 
     def _response(self, http: httpx.Response, text_format: type[BaseModel] | None) -> Response:
         return _with_parsed(response_from_http(http, self._secret), text_format)
@@ -128,7 +141,8 @@ class IG1Client(_BaseClient):
              text_format: type[BaseModel] | None = None) -> Response:
         """One Responses call, retried on transient failures; streams are folded."""
         for attempt in self.retry_policy.attempts():
-            with attempt:
+            with attempt, self._throttled():
+                self.throttle.wait()
                 if request.stream:
                     with self.stream(request) as events:
                         for _ in events:
@@ -172,7 +186,8 @@ class AsyncIG1Client(_BaseClient):
                    text_format: type[BaseModel] | None = None) -> Response:
         """One Responses call, retried on transient failures; streams are folded."""
         async for attempt in self.retry_policy.async_attempts():
-            with attempt:
+            with attempt, self._throttled():
+                await self.throttle.await_turn()
                 if request.stream:
                     async with self.stream(request) as events:
                         async for _ in events:

@@ -8,7 +8,9 @@ turns the waits off in tests while keeping the attempt counts exact.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import stamina
 
 from ._exceptions import IG1Error
 
-__all__ = ["RetryPolicy", "is_transient", "parse_retry_after"]
+__all__ = ["RetryPolicy", "Throttle", "is_transient", "parse_retry_after"]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -87,3 +89,68 @@ class RetryPolicy:
     def async_attempts(self) -> AsyncIterator[stamina.Attempt]:
         """``async for attempt in policy.async_attempts(): with attempt: ...``"""
         return stamina.retry_context(**self._stamina_arguments()).__aiter__()
+
+
+class Throttle:
+    """One pace for every send of a client, learnt from 429s: a rate limit is shared by all
+    the calls of a process, so all of them slow down, not only the request that got it.
+
+    A 429 holds every send until its ``Retry-After`` and spaces sends at least that far
+    apart, 15 % further for each burst of 429s; each success shortens the spacing by
+    0.3 %, so the pace settles at the limit (measured: 1.00 x R, ~5 % 429s, in
+    ``benchmarks.rate_limit``) and returns to full speed once the limit is gone.
+    ``stamina.set_testing(True)`` turns the waits off, as it turns off backoff.
+    """
+
+    BACKOFF = 1.15
+    RECOVERY = 0.997
+    FLOOR = 0.001  # a spacing shorter than this is no spacing
+
+    def __init__(self, max_pause: float = 60.0) -> None:
+        self.max_pause = max_pause
+        self.interval = 0.0
+        self._next = 0.0
+        self._episode_ends = 0.0
+        self._lock = threading.Lock()
+
+    def hold(self, seconds: float | None) -> None:
+        """A 429 said to wait ``seconds``: hold every send that long, and space them."""
+        if not seconds or seconds <= 0:
+            return
+        seconds = min(seconds, self.max_pause)
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._episode_ends:  # 429s of one burst slow the pace once, not each
+                self.interval = min(max(self.interval * self.BACKOFF, seconds), self.max_pause)
+                self._episode_ends = now + max(seconds, self.interval)
+            else:
+                self.interval = max(self.interval, seconds)
+            self._next = max(self._next, now + seconds)
+
+    def succeeded(self) -> None:
+        """An accepted request: the pace may quicken."""
+        if self.interval:
+            with self._lock:
+                self.interval *= self.RECOVERY
+                if self.interval < self.FLOOR:
+                    self.interval = 0.0
+
+    def turn(self) -> float:
+        """Take the next send's turn; the seconds to wait for it."""
+        if stamina.is_testing():
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            if not self.interval and self._next <= now:
+                return 0.0
+            start = max(now, self._next)
+            self._next = start + self.interval
+            return start - now
+
+    def wait(self) -> None:
+        if (delay := self.turn()) > 0:
+            time.sleep(delay)
+
+    async def await_turn(self) -> None:
+        if (delay := self.turn()) > 0:
+            await asyncio.sleep(delay)

@@ -87,7 +87,11 @@ class ResponsesEndpoint:
             capped = (
                 settings.max_in_flight is not None and stats.in_flight >= settings.max_in_flight
             )
-            if authorized and not capped:
+            rate_wait = (state.rate_limit_wait(settings.rate_limit_rps)
+                         if authorized and not capped else 0.0)
+            if rate_wait:
+                stats.rate_limited += 1
+            if authorized and not capped and not rate_wait:
                 stats.in_flight += 1
                 stats.max_in_flight_seen = max(stats.max_in_flight_seen, stats.in_flight)
         if not authorized:
@@ -95,6 +99,10 @@ class ResponsesEndpoint:
             return
         if capped:
             await _faults.too_many_requests(request, settings.retry_after)(scope, receive, send)
+            return
+        if rate_wait:
+            await _faults.too_many_requests(request, rate_wait, "rate limit reached")(
+                scope, receive, send)
             return
         finished = False
 

@@ -56,9 +56,10 @@ def ig1_error(request: Request, status: int, message: str | None = None) -> JSON
     return JSONResponse(body, status_code=status)
 
 
-def too_many_requests(request: Request, retry_after: float) -> JSONResponse:
+def too_many_requests(request: Request, retry_after: float,
+                      why: str = "in-flight limit reached") -> JSONResponse:
     """429 with both spellings of the wait that clients honour."""
-    response = ig1_error(request, 429, "Too many requests: in-flight limit reached")
+    response = ig1_error(request, 429, f"Too many requests: {why}")
     response.headers["Retry-After"] = str(math.ceil(retry_after))
     response.headers["retry-after-ms"] = str(round(retry_after * 1000))
     return response

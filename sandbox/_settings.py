@@ -37,6 +37,9 @@ class EmulatorSettings:
     """Concurrent /v1/responses above this get an immediate 429."""
     retry_after: float = 0.0
     """Seconds advertised on 429s (Retry-After rounded up, retry-after-ms exact)."""
+    rate_limit_rps: float | None = None
+    """Requests per second accepted (a bucket of one second's worth); beyond it, 429 with
+    the wait until the next request would be accepted, as a gateway's rate limit does."""
     budget_requests: int | None = None
     """After this many successful replies every further one is 402 "Commit exceeded"."""
     revoke_key_after: int | None = None
@@ -194,6 +197,8 @@ class EmulatorStats:
     by_status: Counter[int] = field(default_factory=Counter)
     """HTTP statuses sent on /v1/* (a dropped connection counts under `faults_served`)."""
     faults_served: Counter[str] = field(default_factory=Counter)
+    rate_limited: int = 0
+    """429s sent by the `rate_limit_rps` bucket."""
     received: list[dict[str, Any]] = field(default_factory=list)
     """Parsed JSON bodies of the last 1000 POST /v1/responses, oldest first."""
     usage_requests: int = 0
@@ -215,6 +220,7 @@ class EmulatorStats:
             "max_in_flight_seen": self.max_in_flight_seen,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "faults_served": dict(self.faults_served),
+            "rate_limited": self.rate_limited,
             "received_count": len(self.received),
             "usage_requests": self.usage_requests,
             "spent": round(self.spent, 6),
@@ -238,6 +244,23 @@ class EmulatorState:
         self.stopping = threading.Event()
         self._seen: Counter[str] = Counter()  # body digest -> times it reached the fault stage
         self._answered: set[str] = set()  # body digests answered successfully
+        self._tokens: float | None = None  # the `rate_limit_rps` bucket; None: full
+        self._refilled_at = time.monotonic()
+
+    def rate_limit_wait(self, rate: float | None) -> float:
+        """0 when a request may pass now (it takes a token), else seconds until one may.
+        Call with the lock held."""
+        now = time.monotonic()
+        if rate is None:
+            self._tokens = None
+            return 0.0
+        refill = (now - self._refilled_at) * rate
+        self._tokens = rate if self._tokens is None else min(rate, self._tokens + refill)
+        self._refilled_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
 
     async def pause(self, seconds: float) -> bool:
         """Sleep, but wake early when the server stops; True if the full time passed."""
@@ -296,5 +319,6 @@ class EmulatorState:
             self.budget_reserved = 0
             self._seen.clear()
             self._answered.clear()
+            self._tokens = None
             for f in dataclasses.fields(EmulatorSettings):
                 setattr(self.settings, f.name, copy.deepcopy(getattr(self._defaults, f.name)))

@@ -1,0 +1,70 @@
+"""One throttle for rate limits: a 429 slows every send of the process, not only its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import stamina
+
+from prefect_ig1.blocks import IG1Credentials
+from prefect_ig1.client import Throttle
+from prefect_ig1.sandbox.emulator import EmulatorServer
+from prefect_ig1.tasks import CallEngine, respond_many
+
+
+@pytest.fixture
+def real_waits() -> Iterator[None]:
+    """Backoff and throttle as in production (the suite turns waits off by default)."""
+    stamina.set_testing(False)
+    yield
+    stamina.set_testing(True, attempts=1000, cap=True)
+
+
+@pytest.mark.usefixtures("real_waits")
+def test_a_429_holds_every_send_then_paces_them() -> None:
+    throttle = Throttle()
+    assert throttle.turn() == 0.0  # no limit seen: no wait
+    throttle.hold(0.2)
+    first, second = throttle.turn(), throttle.turn()
+    assert 0.15 < first <= 0.2 and second == pytest.approx(first + 0.2, abs=0.01)
+    for _ in range(2000):
+        throttle.succeeded()
+    assert throttle.interval == 0.0  # the limit is gone: full speed again
+
+
+def test_the_throttle_is_off_in_testing_mode() -> None:
+    throttle = Throttle()
+    throttle.hold(30)
+    assert throttle.turn() == 0.0
+
+
+def _rate_limited_run(emulator: EmulatorServer,
+                      credentials: IG1Credentials) -> tuple[int, int, int]:
+    """(429s, requests, calls that failed) of 160 calls at 40 requests/s."""
+    emulator.reset()
+    emulator.configure(rate_limit_rps=40, latency=0.02)
+    tag = uuid.uuid4().hex[:8]
+    client = credentials.get_client()
+    client.throttle = Throttle(max_pause=client.retry_policy.max_retry_after)  # a fresh pace
+    with CallEngine(max_concurrency=16, retry_delay_seconds=0.5) as engine:
+        results = list(respond_many([f"q{i} [{tag}]" for i in range(160)],
+                                    credentials=credentials, engine=engine))
+    stats = emulator.stats
+    return stats.rate_limited, stats.requests, sum(not result.ok for result in results)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("real_waits")
+def test_a_run_at_a_rate_limit_sends_few_429s(
+        emulator: EmulatorServer, credentials: IG1Credentials,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    limited, requests, failed = _rate_limited_run(emulator, credentials)
+    assert failed == 0 and limited <= 0.1 * requests, (failed, limited, requests)
+
+    # Without the shared pace, each request waits only for its own 429: many more of them.
+    monkeypatch.setattr(Throttle, "turn", lambda self: 0.0)
+    unthrottled, unthrottled_requests, _ = _rate_limited_run(emulator, credentials)
+    assert unthrottled > 2 * limited, (unthrottled, limited)
+    assert unthrottled_requests > requests
