@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -18,7 +19,19 @@ from prefect_ig1.client import (
 
 from .credentials import IG1Credentials
 
-__all__ = ["DEFAULT_MODEL", "ResponsesModel"]
+
+@dataclass(frozen=True)
+class Prices:
+    """Price per million input and output tokens, in the IG1 account's currency."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_million
+                + output_tokens * self.output_per_million) / 1_000_000
+
+__all__ = ["DEFAULT_MODEL", "Prices", "ResponsesModel"]
 
 DEFAULT_MODEL = "qwen35-397b-a17b-instruct-general"
 
@@ -54,6 +67,12 @@ class ResponsesModel(Block):
     max_output_tokens: int | None = Field(
         default=None, ge=1, description="Default cap on generated tokens."
     )
+    input_price_per_million: float | None = Field(
+        default=None, ge=0,
+        description="Price of a million input tokens, in the IG1 account's currency; with "
+                    "the output price, runs report their cost and may be capped by max_spend.")
+    output_price_per_million: float | None = Field(
+        default=None, ge=0, description="Price of a million output tokens.")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Other default sampling parameters by their IG1 names "
@@ -74,6 +93,13 @@ class ResponsesModel(Block):
         named = {"temperature": self.temperature, "top_p": self.top_p,
                  "max_output_tokens": self.max_output_tokens}
         return {**{k: v for k, v in named.items() if v is not None}, **self.parameters}
+
+    @property
+    def prices(self) -> Prices | None:
+        """Token prices when both are set; else spend is reported in tokens only."""
+        if self.input_price_per_million is None or self.output_price_per_million is None:
+            return None
+        return Prices(self.input_price_per_million, self.output_price_per_million)
 
     def get_credentials(self) -> IG1Credentials:
         """This profile's credentials, else the environment's."""

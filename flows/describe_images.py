@@ -30,10 +30,11 @@ from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
-from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError, IG1Error
+from prefect_ig1.client import AccountUsage, AuthenticationError, BudgetExhaustedError, IG1Error
 from prefect_ig1.tasks import resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import CallEngine, check_global_limit
 from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
+from prefect_ig1.tasks.ledger import SpendCapReached
 from prefect_ig1.tasks.s3 import (
     ensure_bucket_exists,
     s3_client,
@@ -45,8 +46,16 @@ from prefect_ig1.tasks.s3 import (
 from .freshness import candidates, entry_for, windows
 from .markdown import escape_markdown, publishable_markdown
 from .record_index import IndexEntry, load_index, save_index
-from .records import DescribeSettings, ItemResult, ItemStatus
+from .records import Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
+from .spend import (
+    check_budget,
+    emit_budget_low,
+    emit_run_event,
+    forecast_spend,
+    spend_payload,
+    tokens_per_item_of_last_run,
+)
 from .summary import DEFAULT_SUMMARY_PROMPT, MIN_CHUNK_CHARS, summarize_run
 from .window import ImagePreparation, describe_window
 
@@ -89,11 +98,17 @@ def describe_s3_images(
     fail_on_item_errors: bool = False,
     aws_credentials: AwsCredentials | None = None,
     credentials: IG1Credentials | str | None = None,
+    max_tokens: Annotated[int | None, Field(ge=1)] = None,
+    max_spend: Annotated[float | None, Field(gt=0)] = None,
+    dry_run: bool = False,
+    allow_over_budget: bool = False,
 ) -> RunReport:
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run.
 
     Parameters are checked before anything is read or sent (ranges in the signature);
     ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``.
+    After listing, the run forecasts its spend; ``dry_run`` stops there. ``max_tokens`` /
+    ``max_spend`` cap the run as a 402 would stop it.
     """
     logger = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(timezone.utc)
@@ -104,11 +119,16 @@ def describe_s3_images(
     run_id, run_name = _run_identity()
     profile = resolve_model(model)
     credentials = resolve_credentials(credentials, profile)
+    if max_spend is not None and profile.prices is None:
+        raise ValueError("max_spend needs prices: set input_price_per_million and "
+                         "output_price_per_million on the ResponsesModel profile")
     if concurrency_limit_name:
         check_global_limit(concurrency_limit_name)
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
-    concurrency = max_concurrency or _concurrency_from_usage(credentials)
+    usage = _read_usage(credentials)
+    emit_budget_low(usage, credentials)
+    concurrency = max_concurrency or _concurrency_from(usage)
     settings = DescribeSettings(
         run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
@@ -122,15 +142,25 @@ def describe_s3_images(
                 bucket, prefix, profile.model, concurrency)
 
     index = load_index(s3, bucket, output_prefix)
+    listed = candidates(s3, bucket, output_prefix, prefix, report)
+    plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
+    to_send = sum(len(step) for step in plan if isinstance(step, list))
+    per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
+    report.forecast = forecast_spend(to_send, per_item, profile.prices, usage)
+    logger.info("Forecast: %s", report.forecast.describe())
+    if dry_run:
+        report.dry_run = True
+        return report
+    check_budget(report.forecast, allow_over_budget)
     learnt: dict[str, IndexEntry] = {}
     with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,
           CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
                      slot_timeout_seconds=slot_timeout_seconds,
-                     retry_delay_seconds=retry_delay_seconds) as engine):
+                     retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
+                     max_spend=max_spend, prices=profile.prices) as engine):
         manifest = Path(workdir) / "manifest.jsonl"
         with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
-            for result in _describe_all(s3, settings, engine, images, report, window_size,
-                                        lines, index, random.Random(run_id)):
+            for result in _describe_all(settings, engine, images, window_size, lines, plan):
                 report.count(result)
                 entry = entry_for(result, settings.digest)
                 if entry is not None and index.get(result.key) != entry:
@@ -150,6 +180,7 @@ def describe_s3_images(
                 summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
             report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
         report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
+        report.spend = engine.ledger.rows()
 
         report.timings["total_s"] = round(time.monotonic() - started, 3)
         # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
@@ -161,6 +192,10 @@ def describe_s3_images(
                           for name in ("summary.md", "manifest.jsonl", "run.json")}
         publish_artifacts(report, manifest, summary)
     logger.info("Run %s: %s", run_name, report.headline())
+    failed = bool(fail_on_item_errors and report.n(ItemStatus.failed))
+    emit_run_event("stopped" if stop_error else "failed" if failed else "completed",
+                   flow_run_id=run_id, run_name=run_name,
+                   payload=spend_payload(report.spend, report.counts, report.stopped_by))
 
     if stop_error is not None:
         raise stop_error
@@ -179,9 +214,14 @@ def _run_identity() -> tuple[str, str]:
     return run_id, run_id[:12]
 
 
-def _stop_error(stop: BaseException, report: RunReport) -> APIStatusError:
+def _stop_error(stop: BaseException, report: RunReport) -> IG1Error:
     """The one error a stopped run ends with (and its summary says): cause, what was left, fix."""
     left = f"{report.n(ItemStatus.not_attempted)} image(s) not attempted"
+    if isinstance(stop, SpendCapReached):
+        return SpendCapReached(
+            f"The run's spend cap was reached after {report.requests} requests ({stop}): "
+            f"{left}. Raise max_tokens / max_spend and rerun: the rerun describes exactly "
+            "what is missing.")
     where = {"status": getattr(stop, "status", 0), "code": getattr(stop, "code", None),
              "request_id": getattr(stop, "request_id", None)}
     if isinstance(stop, BudgetExhaustedError):
@@ -194,34 +234,39 @@ def _stop_error(stop: BaseException, report: RunReport) -> APIStatusError:
         **where)
 
 
-def _concurrency_from_usage(credentials: IG1Credentials) -> int:
-    """``max_throughput`` from ``/usage``, else a safe default; warn when over budget."""
+def _read_usage(credentials: IG1Credentials) -> AccountUsage | None:
+    """``/usage`` (spend, commit, max_throughput); None when unavailable (not fatal)."""
     logger = get_run_logger()
     try:
         usage = credentials.usage()
     except IG1Error as exc:
         if isinstance(exc, AuthenticationError):
             raise
-        logger.info("IG1 /usage unavailable (%s): %d calls in flight", exc, DEFAULT_CONCURRENCY)
-        return DEFAULT_CONCURRENCY
+        logger.info("IG1 /usage unavailable (%s)", exc)
+        return None
     if usage.remaining <= 0:
         logger.warning("IG1 budget already spent this month (%.2f of %.2f): calls will fail "
                        "with 402 until the commit is raised", usage.current, usage.commit)
-    claimed = usage.max_throughput or DEFAULT_CONCURRENCY
+    return usage
+
+
+def _concurrency_from(usage: AccountUsage | None) -> int:
+    """``max_throughput`` from ``/usage``, capped; else a safe default."""
+    claimed = (usage.max_throughput if usage else None) or DEFAULT_CONCURRENCY
     if claimed > MAX_CONCURRENCY:
-        logger.warning("IG1 /usage claims max_throughput=%d: capped at %d calls in flight "
-                       "(pass max_concurrency to choose)", claimed, MAX_CONCURRENCY)
+        get_run_logger().warning("IG1 /usage claims max_throughput=%d: capped at %d calls in "
+                                 "flight (pass max_concurrency to choose)", claimed,
+                                 MAX_CONCURRENCY)
     return max(1, min(claimed, MAX_CONCURRENCY))
 
 
-def _describe_all(s3: Any, settings: DescribeSettings, engine: CallEngine,
-                  images: ImagePreparation, report: RunReport, window_size: int, manifest: Any,
-                  index: dict[str, IndexEntry], order: random.Random) -> Iterator[ItemResult]:
+def _describe_all(settings: DescribeSettings, engine: CallEngine, images: ImagePreparation,
+                  window_size: int, manifest: Any,
+                  plan: list[list[Candidate] | ItemResult]) -> Iterator[ItemResult]:
     """Submit windows with a bounded number in flight; stream results to the manifest."""
     in_flight_windows = max(2, math.ceil(2 * engine.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
-    listed = candidates(s3, settings.bucket, settings.output_prefix, report.prefix, report)
-    for window in windows(listed, index, window_size, order, settings.digest):
+    for window in plan:
         if isinstance(window, ItemResult):
             yield window
             continue

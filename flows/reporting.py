@@ -10,8 +10,11 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, computed_field
 
+from prefect_ig1.tasks.ledger import ModelSpend
+
 from .markdown import one_line, publishable_markdown
 from .records import ItemResult, ItemStatus
+from .spend import Forecast
 
 __all__ = ["MAX_TABLE_ROWS", "RunReport", "publish_artifacts"]
 
@@ -38,6 +41,16 @@ class RunReport(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     stopped_by: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
+    forecast: Forecast | None = None
+    dry_run: bool = False
+    spend: list[ModelSpend] = Field(
+        default_factory=list, description="The run's ledger: one line per model, then 'all'.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost(self) -> float | None:
+        """What the run's calls cost, when the profile has prices."""
+        return self.spend[-1].cost if self.spend else None
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -85,12 +98,16 @@ def publish_artifacts(report: RunReport, manifest: Path, summary: str) -> None:
                                                      "manifest.jsonl)" if more > 0 else ""))
     create_markdown_artifact(key="image-summary", markdown=summary,
                              description=f"Summary of run {report.run}")
-    usage = [
-        {"metric": "IG1 requests (descriptions)", "value": report.requests},
-        {"metric": "IG1 requests (summary)", "value": report.summary_calls},
-        {"metric": "cache hits", "value": report.n(ItemStatus.cached)},
-        {"metric": "input tokens", "value": report.input_tokens},
-        {"metric": "output tokens", "value": report.output_tokens},
-        {"metric": "bytes sent", "value": report.sent_bytes},
-    ]
+    usage = usage_rows(report.spend)
+    usage.append({"model": "(bytes sent)", "requests": None, "cache hits": None,
+                  "input tokens": None, "output tokens": None, "reasoning tokens": None,
+                  "cost": None, "bytes": report.sent_bytes})
     create_table_artifact(key="ig1-usage", table=usage, description=f"IG1 usage of {report.run}")
+
+
+def usage_rows(spend: list[ModelSpend]) -> list[dict[str, Any]]:
+    """The ``ig1-usage`` table: one row per model and the total (cost when priced)."""
+    return [{"model": line.model, "requests": line.requests, "cache hits": line.cache_hits,
+             "input tokens": line.input_tokens, "output tokens": line.output_tokens,
+             "reasoning tokens": line.reasoning_tokens,
+             "cost": None if line.cost is None else round(line.cost, 6)} for line in spend]

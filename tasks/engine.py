@@ -16,7 +16,10 @@
   not granted within ``slot_timeout_seconds`` is a transient ``TimeoutError``);
 - 401/403/402 stop the run before the refused call's slot is freed: no waiting call is
   sent after the first refusal (they raise ``NotAttempted``);
-- a transient failure gets one slower second chance after ``retry_delay_seconds``.
+- a transient failure gets one slower second chance after ``retry_delay_seconds``;
+- every answer is entered in the run's ``ledger`` (requests, cache hits, tokens, cost by
+  model); with ``max_tokens`` / ``max_spend``, a call that could pass the cap (spent plus
+  in flight) is not sent, and the run stops as on a 402 (``SpendCapReached``).
 
 Inside a flow run, ``respond_many`` runs each window of ``window_size`` requests as one
 Prefect task (a task per call costs more than the call: DESIGN.md, "Throughput facts");
@@ -44,10 +47,11 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
-from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, Response, is_transient
 
 from .cache import ResponseCache
+from .ledger import Ledger, SpendCap, SpendCapReached
 from .responses import PreparedCall, create_response, prepare_call, send_cached
 
 __all__ = [
@@ -71,8 +75,9 @@ class NotAttempted(Exception):
 
 
 def is_run_stopping(exc: BaseException) -> bool:
-    """401/403 and 402 stop the whole run: every further call would fail the same way."""
-    return isinstance(exc, AuthenticationError | BudgetExhaustedError)
+    """401/403, 402 and the run's own spend cap stop the whole run: every further call would
+    fail (or pass the cap) the same way."""
+    return isinstance(exc, AuthenticationError | BudgetExhaustedError | SpendCapReached)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,9 @@ class CallEngine:
 
     def __init__(self, *, max_concurrency: int = 8, concurrency_limit_name: str | None = None,
                  slot_timeout_seconds: float = 600.0, retry_delay_seconds: float = 10.0,
-                 cache: ResponseCache | None = None, workers: int | None = None) -> None:
+                 cache: ResponseCache | None = None, workers: int | None = None,
+                 max_tokens: int | None = None, max_spend: float | None = None,
+                 prices: Prices | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
@@ -123,6 +130,9 @@ class CallEngine:
         self.cache = cache or ResponseCache.for_task(create_response)
         self.stop_reason: BaseException | None = None
         self.requests_sent = 0
+        self.ledger = Ledger()
+        self.cap = SpendCap(self.ledger, max_tokens=max_tokens, max_spend=max_spend,
+                            prices=prices)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._workers = ThreadPoolExecutor(workers or 2 * max_concurrency + 2,
@@ -160,6 +170,7 @@ class CallEngine:
         def pay() -> tuple[Response, bool]:
             hit = self.cache.get(key, text_format=call.text_format)
             if hit is not None:
+                self.ledger.hit(call.request.model)
                 return hit, True
             try:
                 return self._send(call, counted)
@@ -171,7 +182,7 @@ class CallEngine:
                 time.sleep(self.retry_delay_seconds)
                 return self._send(call, counted)
 
-        return self._once(key, pay)
+        return self._once(key, pay, on_shared=lambda: self.ledger.hit(call.request.model))
 
     def result(self, key: str, call: PreparedCall | BaseException) -> CallResult:
         """``call`` as a ``CallResult``: errors are returned, never raised."""
@@ -184,25 +195,45 @@ class CallEngine:
         return CallResult(key, response=response, from_cache=cached)
 
     def _send(self, call: PreparedCall, counted: bool) -> tuple[Response, bool]:
+        model = call.request.model
         with self._slots, global_slot(self.concurrency_limit_name, self.slot_timeout_seconds):
             if self.stopped:
                 raise NotAttempted
+            if self.cap.active:
+                try:
+                    self.cap.admit()
+                except SpendCapReached as exc:
+                    self.stop(exc)
+                    raise NotAttempted from exc
+            sent = False
 
             def count() -> None:
+                nonlocal sent
+                sent = True
                 if counted:
                     with self._lock:
                         self.requests_sent += 1
 
             try:
                 # Looked up again now that a slot is ours; stored before the slot is freed.
-                return send_cached(call, self.cache, on_send=count)
+                response, cached = send_cached(call, self.cache, on_send=count)
             except Exception as exc:
+                if sent:
+                    self.ledger.failed(model)
                 if is_run_stopping(exc):  # before the slot is freed: no waiting call may send
                     self.stop(exc)
                 raise
+            finally:
+                if self.cap.active:
+                    self.cap.settle()
+            if cached:
+                self.ledger.hit(model)
+            else:
+                self.ledger.paid(model, response, call.prices)
+            return response, cached
 
-    def _once(self, key: str, produce: Callable[[], tuple[Response, bool]]
-              ) -> tuple[Response, bool]:
+    def _once(self, key: str, produce: Callable[[], tuple[Response, bool]], *,
+              on_shared: Callable[[], None]) -> tuple[Response, bool]:
         """Single flight per process: the same request from two callers at once, of this run
         or of another run in this process, is paid for once. Another run's failure (its stop,
         its credentials) is not this run's: then this caller tries itself."""
@@ -220,6 +251,7 @@ class CallEngine:
                 if owner is self:
                     raise
                 continue  # the cache first, then a call of its own
+            on_shared()
             return response, True
         try:
             result = produce()

@@ -27,7 +27,7 @@ from prefect.settings import get_current_settings
 from prefect.tasks import Task
 from pydantic import BaseModel
 
-from prefect_ig1.blocks import IG1Credentials, ResponsesModel
+from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import Response, ResponsesRequest, is_transient
 
 from .cache import ResponseCache, response_cache_key
@@ -129,6 +129,8 @@ class PreparedCall:
     credentials: IG1Credentials
     request: ResponsesRequest
     text_format: type[BaseModel] | None
+    prices: Prices | None = None
+    """The profile's token prices, for the run's ledger (never part of the cache key)."""
 
     @property
     def cache_key(self) -> str:
@@ -173,7 +175,7 @@ def _build_call(profile: ResponsesModel, credentials: IG1Credentials, input: Any
     request = profile.build_request(input, instructions=instructions,
                                     response_format=response_format, **(params or {}))
     text_format = response_format if isinstance(response_format, type) else None
-    return PreparedCall(credentials, request, text_format)
+    return PreparedCall(credentials, request, text_format, profile.prices)
 
 
 def retry_on_transient_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
