@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint check clean
+.PHONY: demo events-demo test bench lint check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)  ## the main job end to end on embedded defaults (no key, no cloud)
 	$(PY) -m prefect_ig1.sandbox.demo
+
+events-demo: $(STAMP)  ## S3 uploads -> SQS -> bridge -> Prefect trigger -> worker run (~2 min)
+	$(PY) -m prefect_ig1.sandbox.events_demo
 
 test: $(STAMP)  ## the whole test suite, offline
 	$(PY) -m pytest

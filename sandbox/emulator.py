@@ -203,7 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY,
+                        help="the only key it accepts (default %(default)s): set IG1AI_API_KEY "
+                             "to it and IG1AI_BASE_URL to the URL it prints")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per response")
     parser.add_argument("--max-in-flight", type=int, default=None, help="429 above this")
     parser.add_argument("--retry-after", type=float, default=0.0, help="seconds sent on 429")
@@ -246,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with server:
         print(server.base_url, flush=True)
+        print(f"IG1AI_BASE_URL={server.base_url} IG1AI_API_KEY={server.api_key}", flush=True)
         while not done.wait(0.5):
             pass
     return 0

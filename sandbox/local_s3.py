@@ -11,13 +11,18 @@ moto keeps its state per process: two LocalS3 servers in one process share bucke
 and ``reset()`` empties them all. The same holds across ``stop()`` and ``start()``:
 the server comes back on the same port with every bucket and object, which is how
 tests make S3 unreachable for a while.
+
+The same server speaks SQS and delivers S3 notifications to it: ``notify_queue`` is the
+local recipe for S3 events (``aws sqs create-queue`` in AWS CLI v1 ignores
+``AWS_ENDPOINT_URL``, so the CLI needs ``--endpoint-url``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
@@ -27,11 +32,19 @@ from moto.server import ThreadedMotoServer
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["LocalS3"]
+__all__ = ["LocalS3", "NotifiedQueue"]
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"  # noqa: S105 - moto's dummy credentials, accepted by any moto server
 REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class NotifiedQueue:
+    """An SQS queue that a bucket's ObjectCreated notifications under ``prefix`` go to."""
+
+    url: str  # what the bridge's --queue-url takes
+    arn: str  # what the bucket's notification configuration names
 
 
 class LocalS3:
@@ -94,6 +107,29 @@ class LocalS3:
         config = Config(max_pool_connections=64)
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
+    def sqs_client(self) -> Any:
+        """A boto3 SQS client bound to this server (moto serves every AWS API on one port)."""
+        session = boto3.session.Session(aws_access_key_id=ACCESS_KEY,
+                                        aws_secret_access_key=SECRET_KEY, region_name=REGION)
+        return session.client("sqs", endpoint_url=self.endpoint_url)
+
+    def notify_queue(self, bucket: str, queue_name: str, prefix: str = "") -> NotifiedQueue:
+        """Create ``bucket`` (if needed) and ``queue_name``, and send the bucket's
+        ObjectCreated notifications under ``prefix`` to the queue: S3 events, locally."""
+        s3, sqs = self.client(), self.sqs_client()
+        if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=bucket)
+        url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url,
+                                       AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        target: dict[str, Any] = {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}
+        if prefix:
+            target["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
+        configuration: Any = {"QueueConfigurations": [target]}
+        s3.put_bucket_notification_configuration(Bucket=bucket,
+                                                 NotificationConfiguration=configuration)
+        return NotifiedQueue(url=str(url), arn=str(arn))
+
     def env(self) -> dict[str, str]:
         """Environment that points boto3's default chain (and any AWS CLI/SDK) at this server."""
         return {
@@ -130,14 +166,39 @@ def serve_s3_only(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m prefect_ig1.sandbox.local_s3 --port 9000``: moto's S3 alone until interrupted."""
+    """``python -m prefect_ig1.sandbox.local_s3 --port 9000``: moto's S3 alone until interrupted;
+    with ``--queue``, S3 + SQS and a bucket notifying the queue (prints URL, ARN, env)."""
     import argparse
+    import signal
+    import threading
 
-    parser = argparse.ArgumentParser(description="moto's S3 alone on 127.0.0.1, until interrupted.")
+    parser = argparse.ArgumentParser(
+        prog="python -m prefect_ig1.sandbox.local_s3",
+        description="moto on 127.0.0.1 until interrupted: S3 alone, or with --queue S3 + SQS "
+                    f"and bucket notifications. Credentials {ACCESS_KEY}/{SECRET_KEY}, "
+                    f"region {REGION}.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--queue", metavar="NAME", help="also serve SQS, create queue NAME and "
+                        "send --bucket's ObjectCreated notifications to it")
+    parser.add_argument("--bucket", default="demo-photos",
+                        help="with --queue (default %(default)s)")
+    parser.add_argument("--prefix", default="incoming/", help="with --queue (default %(default)s)")
     args = parser.parse_args(argv)
-    serve_s3_only(args.host, args.port)
+    if not args.queue:
+        serve_s3_only(args.host, args.port)
+        return 0
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: done.set())
+    with LocalS3(args.host, args.port) as server:
+        queue = server.notify_queue(args.bucket, args.queue, args.prefix)
+        exports = " ".join(f"{name}={value}" for name, value in server.env().items())
+        print(f"S3 + SQS at {server.endpoint_url}\nqueue URL: {queue.url}\nqueue ARN: "
+              f"{queue.arn}\ns3://{args.bucket}/{args.prefix}* notifies it\n"
+              f"export {exports}", flush=True)
+        while not done.wait(0.5):
+            pass
     return 0
 
 

@@ -138,3 +138,60 @@ def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
         output, _ = server.communicate(timeout=60)
     assert server.returncode == 0, output[-3000:]
     assert TEST_KEY not in output
+
+
+def _deploy_all(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(PREFECT_YAML)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_serve_refuses_a_work_pools_deployments_takes_them_over_and_deploy_resumes_them(
+        watched: str) -> None:
+    """`serve` after `deploy` once crashed runs (pool kept, path None); serve's stop paused
+    the nightly schedule, and workers taking over found it paused."""
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="ig1-process", type="process"))
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    _deploy_all(env)
+    refused = subprocess.run([sys.executable, "-m", "prefect_ig1.deployments.serve"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "describe-s3-images/describe-images-nightly (work pool 'ig1-process')" \
+        in refused.stderr and "--take-over" in refused.stderr
+    assert _deployment("describe-images-nightly").work_pool_name == "ig1-process"  # untouched
+
+    server = subprocess.Popen([sys.executable, "-m", "prefect_ig1.deployments.serve",
+                               "--take-over"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until serve re-created both without the pool
+            with contextlib.suppress(ObjectNotFound):
+                served = [_deployment(name) for name in ("describe-images-nightly",
+                                                         "describe-images-on-upload")]
+                if all(d.work_pool_name is None and not d.paused for d in served):
+                    break
+            assert time.monotonic() < deadline and server.poll() is None, (
+                server.stdout.read() if server.stdout else "")
+            time.sleep(0.5)
+        assert served[0].path is not None and served[0].schedules
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, output[-3000:]
+    assert "took over describe-s3-images/describe-images-nightly from work pool 'ig1-process'" \
+        in output
+    assert "describe-s3-images/describe-images-nightly, describe-s3-images/describe-images-" \
+           "on-upload stay un-paused" in output and "workers take over" in output
+    assert not _deployment("describe-images-nightly").paused
+
+    _deploy_all(env)  # back to workers: prefect.yaml's `paused: false` un-pauses them
+    for name in ("describe-images-nightly", "describe-images-on-upload"):
+        deployment = _deployment(name)
+        assert deployment.work_pool_name == "ig1-process" and not deployment.paused

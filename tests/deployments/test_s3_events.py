@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -277,17 +278,34 @@ def test_prefect_down_keeps_every_message(
     assert messages_in(sqs, queue.url) == 0
 
 
-class ScriptedBridge(Bridge):
-    """The run loop over scripted batches: True = delivery failed, an exception = SQS failed."""
+Step = bool | Exception | str
 
-    def __init__(self, script: list[bool | Exception]) -> None:  # no queue, no HTTP
+
+class ScriptedBridge(Bridge):
+    """The run loop over scripted batches: True = delivery failed, an exception = SQS failed,
+    "empty" = nothing received; "down" = Prefect's health check fails (no receive)."""
+
+    def __init__(self, script: list[Step]) -> None:  # no queue, no HTTP
         self.script = script
+        self.backoff_base, self.backoff_cap = 1.0, 60.0
+        self.held = []
+        self.receives = 0
+
+    def prefect_is_up(self) -> bool:
+        if self.script and self.script[0] == "down":
+            self.script.pop(0)
+            return False
+        return True
 
     def poll_once(self) -> s3_events.BatchResult:
         step = self.script.pop(0)
+        assert step != "down", "received while Prefect was down"
+        self.receives += 1
         if isinstance(step, Exception):
             raise step
-        return s3_events.BatchResult(received=1, kept=int(step), delivery_failed=step)
+        if step == "empty":
+            return s3_events.BatchResult()
+        return s3_events.BatchResult(received=1, kept=int(step), delivery_failed=bool(step))
 
 
 def run_until_script_ends(bridge: ScriptedBridge, monkeypatch: pytest.MonkeyPatch
@@ -302,11 +320,22 @@ def run_until_script_ends(bridge: ScriptedBridge, monkeypatch: pytest.MonkeyPatc
 
 def test_the_loop_backs_off_exponentially_capped_and_resets_on_success(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    script: list[bool | Exception] = [True, True, True, False, False, True]
+    script: list[Step] = [True, True, True, False, False, True]
     assert run_until_script_ends(ScriptedBridge(script), monkeypatch) == [1, 2, 4, 1]
     script = [ConnectionError("SQS unreachable")] * 9
     assert run_until_script_ends(ScriptedBridge(script), monkeypatch) == [
         1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_during_an_outage_the_loop_probes_prefect_instead_of_receiving(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Back-off to one probe a minute; an empty poll resets it only once Prefect answered
+    its health check (before, every empty poll reset it to 1 s)."""
+    script: list[Step] = [True, *["down"] * 8, True, "down", "empty", True]
+    bridge = ScriptedBridge(script)
+    assert run_until_script_ends(bridge, monkeypatch) == [
+        1, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 1]
+    assert bridge.receives == 4  # two failed batches, the empty one, the last
 
 
 def test_a_malformed_message_is_logged_and_dropped_without_a_dlq(
@@ -353,6 +382,7 @@ class CountingSQS:
         self.deleted: list[str] = []
         self.attribute_reads = 0
         self._ids: dict[str, str] = {}
+        self.visibility_changes: list[int] = []  # the timeout each batch call set
 
     def receive_message(self, **kwargs: Any) -> Any:
         reply = self.sqs.receive_message(**kwargs)
@@ -364,6 +394,11 @@ class CountingSQS:
     def delete_message(self, **kwargs: Any) -> Any:
         self.deleted.append(self._ids[kwargs["ReceiptHandle"]])
         return self.sqs.delete_message(**kwargs)
+
+    def change_message_visibility_batch(self, **kwargs: Any) -> Any:
+        self.visibility_changes.append(
+            {entry["VisibilityTimeout"] for entry in kwargs["Entries"]}.pop())
+        return self.sqs.change_message_visibility_batch(**kwargs)
 
     def get_queue_attributes(self, **kwargs: Any) -> Any:
         self.attribute_reads += 1
@@ -470,6 +505,102 @@ def test_a_refused_message_is_left_to_the_dead_letter_queue(
     assert f"SQS message {poison} (receive 2) is left for the dead-letter queue" in caplog.text
     moved = sqs.receive_message(QueueUrl=queue.dlq_url, WaitTimeSeconds=0)["Messages"]
     assert [m["MessageId"] for m in moved] == [poison]
+
+
+class PrefectStandIn:
+    """Prefect's /api/health and /api/events on 127.0.0.1 that can go down (the port refuses
+    connections) and come back on the same port; counts probes and keeps posted events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.probes = 0
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.server: ThreadingHTTPServer | None = None
+
+    def up(self) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.probes += 1
+                self._answer(200, b"true")
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.events.extend(json.loads(body))
+                self._answer(204, b"")
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.mark.parametrize(("outage", "base", "cap"), [
+    pytest.param(4.0, 0.1, 1.0, id="compressed"),
+    pytest.param(120.0, s3_events.BACKOFF_BASE_SECONDS, s3_events.BACKOFF_CAP_SECONDS,
+                 id="2-minutes", marks=[pytest.mark.slow, pytest.mark.timeout(240)]),
+])
+def test_a_prefect_outage_costs_each_message_one_receive(
+        sqs: Any, make_queue: Callable[..., Queue], bucket: str, outage: float, base: float,
+        cap: float, caplog: pytest.LogCaptureFixture) -> None:
+    """With maxReceiveCount 3 and a 30 s visibility timeout, the old loop sent these uploads
+    to the dead-letter queue within 2 minutes; now the outage is probed, not received."""
+    caplog.set_level(logging.WARNING, logger="prefect_ig1.deployments.s3_events")
+    queue = make_queue(dlq_after=3)
+    sent = [sqs.send_message(QueueUrl=queue.url, MessageBody=s3_message(
+        s3_record(f"in/{index}.png", bucket=bucket, event_time=now())))["MessageId"]
+        for index in range(3)]
+    prefect = PrefectStandIn()  # down from the start
+    counting = CountingSQS(sqs)
+    bridge = Bridge(counting, queue.url, prefect.api_url, wait_seconds=1,
+                    backoff_base=base, backoff_cap=cap)
+    stop = threading.Event()
+    loop = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    started = time.monotonic()
+    loop.start()
+    try:
+        time.sleep(outage)
+        during = dict(counting.receives)
+        prefect.up()
+        wait_for(lambda: len(prefect.events) == 3, timeout=cap + 15, what="delivery after it")
+        recovered_in = time.monotonic() - started - outage
+    finally:
+        stop.set()
+        loop.join(timeout=5)
+        bridge.close()
+        prefect.down()
+    assert during == {message_id: 1 for message_id in sent}  # one receive for the outage
+    assert counting.receives == {message_id: 2 for message_id in sent}
+    assert recovered_in < cap + 5  # at most one back-off step after Prefect is back
+    # held messages hidden at each back-off step (doubling to the cap), shown again at the end
+    steps = [min(cap, base * 2 ** n) for n in range(200)]
+    expected = next(n for n in range(1, 200) if sum(steps[:n]) >= outage)
+    hidden = counting.visibility_changes[:-1]
+    assert expected - 1 <= len(hidden) <= expected + 1, (hidden, expected)
+    assert hidden == sorted(hidden) and hidden[-1] == math.ceil(cap) + 10
+    assert counting.visibility_changes[-1] == 0
+    assert messages_in(sqs, queue.url) == 0
+    assert queue.dlq_url is not None and messages_in(sqs, queue.dlq_url) == 0
+    assert sorted(event["resource"]["prefect.resource.id"] for event in prefect.events) == [
+        f"s3://{bucket}/in/{index}.png" for index in range(3)]
+    assert "Prefect is still unreachable" in caplog.text
 
 
 def throttled() -> ClientError:

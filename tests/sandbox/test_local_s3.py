@@ -64,3 +64,22 @@ def test_the_s3_only_server_of_the_benchmarks_serves_tricky_keys() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_notify_queue_is_the_local_recipe_for_s3_events(local_s3: LocalS3) -> None:
+    """Bucket, queue and notification in one call: uploads under the prefix reach the queue."""
+    import json
+    import uuid
+
+    name = f"n-{uuid.uuid4().hex[:8]}"
+    queue = local_s3.notify_queue(name, f"{name}-q", prefix="incoming/")
+    assert queue.url == f"{local_s3.endpoint_url}/123456789012/{name}-q"
+    assert queue.arn == f"arn:aws:sqs:us-east-1:123456789012:{name}-q"
+    s3 = local_s3.client()
+    s3.put_object(Bucket=name, Key="incoming/a b.png", Body=b"x")
+    s3.put_object(Bucket=name, Key="descriptions/a.json", Body=b"{}")
+    sqs = local_s3.sqs_client()
+    bodies = [json.loads(m["Body"]) for m in sqs.receive_message(
+        QueueUrl=queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])]
+    keys = [r["s3"]["object"]["key"] for body in bodies for r in body.get("Records", [])]
+    assert keys == ["incoming%2Fa+b.png"]  # moto encodes "/"; the prefix filter holds
