@@ -10,6 +10,7 @@ from ._client import (
     AsyncResponseStream,
     IG1Client,
     ResponseStream,
+    UsageDay,
 )
 from ._exceptions import (
     APIError,
@@ -88,6 +89,7 @@ __all__ = [
     "Throttle",
     "TokenUsage",
     "TruncatedResponseError",
+    "UsageDay",
     "build_request",
     "is_transient",
     "is_transient_code",

@@ -32,7 +32,7 @@ from ._stream import StreamAccumulator, StreamEvent
 from ._structured import parse_structured
 
 __all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "AsyncResponseStream",
-           "IG1Client", "ResponseStream"]
+           "IG1Client", "ResponseStream", "UsageDay"]
 
 DEFAULT_BASE_URL = "https://api.ig1.ai/v1"
 logger = logging.getLogger("prefect_ig1.client")
@@ -51,6 +51,17 @@ class AccountUsage(BaseModel):
     def remaining(self) -> float:
         """Budget left this month."""
         return self.commit - self.current
+
+
+class UsageDay(BaseModel):
+    """One line of ``GET /usage/history``: a model's use on one day."""
+
+    model_config = ConfigDict(extra="allow")
+
+    date: str
+    model: str
+    requests: int = 0
+    cost: float = 0.0
 
 
 class _BaseClient:
@@ -92,6 +103,27 @@ class _BaseClient:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key=[secure])"
+
+    def _history(self, http: httpx.Response) -> list[UsageDay]:
+        data = self._json(http, "/usage/history")
+        rows = data.get("data") if isinstance(data, dict) else data
+        try:
+            return [UsageDay.model_validate(row) for row in rows or []]
+        except (ValidationError, TypeError):
+            raise MalformedResponseError(
+                f"/usage/history reply is not a history: {excerpt(http.text, self._secret)!r}",
+                status=http.status_code, request_id=http.headers.get("x-request-id"),
+            ) from None
+
+    def _json(self, http: httpx.Response, what: str) -> Any:
+        if http.status_code >= 300:
+            raise status_error(http, self._secret)
+        try:
+            return json.loads(http.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TruncatedResponseError(
+                f"{what} reply is not JSON: {excerpt(http.text, self._secret)!r}",
+                status=http.status_code, request_id=http.headers.get("x-request-id")) from None
 
     @contextmanager
     def _throttled(self) -> Iterator[None]:
@@ -171,6 +203,13 @@ class IG1Client(_BaseClient):
                 return self._usage(self._http.get(self.usage_url))
         raise AssertionError("unreachable")
 
+    def usage_history(self) -> list[UsageDay]:
+        """``GET /usage/history``: use per model and day."""
+        for attempt in self.retry_policy.attempts():
+            with attempt, _transport_errors():
+                return self._history(self._http.get(self.usage_url + "/history"))
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         self._http.close()
 
@@ -214,6 +253,13 @@ class AsyncIG1Client(_BaseClient):
         async for attempt in self.retry_policy.async_attempts():
             with attempt, _transport_errors():
                 return self._usage(await self._http.get(self.usage_url))
+        raise AssertionError("unreachable")
+
+    async def usage_history(self) -> list[UsageDay]:
+        """``GET /usage/history``: use per model and day."""
+        async for attempt in self.retry_policy.async_attempts():
+            with attempt, _transport_errors():
+                return self._history(await self._http.get(self.usage_url + "/history"))
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

@@ -51,7 +51,7 @@ from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, Response, is_transient
 
 from .cache import ResponseCache
-from .ledger import Ledger, SpendCap, SpendCapReached
+from .ledger import DEFAULT_CALL_TOKENS, Ledger, SpendCap, SpendCapReached
 from .responses import PreparedCall, create_response, prepare_call, send_cached
 
 __all__ = [
@@ -120,7 +120,8 @@ class CallEngine:
                  slot_timeout_seconds: float = 600.0, retry_delay_seconds: float = 10.0,
                  cache: ResponseCache | None = None, workers: int | None = None,
                  max_tokens: int | None = None, max_spend: float | None = None,
-                 prices: Prices | None = None) -> None:
+                 prices: Prices | None = None,
+                 expected_call_tokens: float = DEFAULT_CALL_TOKENS) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
@@ -132,7 +133,7 @@ class CallEngine:
         self.requests_sent = 0
         self.ledger = Ledger()
         self.cap = SpendCap(self.ledger, max_tokens=max_tokens, max_spend=max_spend,
-                            prices=prices)
+                            prices=prices, expected_tokens=expected_call_tokens)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._workers = ThreadPoolExecutor(workers or 2 * max_concurrency + 2,

@@ -104,6 +104,8 @@ class SpendCap:
     max_tokens: int | None = None
     max_spend: float | None = None
     prices: Prices | None = None
+    expected_tokens: float = DEFAULT_CALL_TOKENS
+    """What a call costs before the run has answers of its own (e.g. the forecast's)."""
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -120,7 +122,7 @@ class SpendCap:
         """(tokens, cost) one call is expected to cost: the run's average so far."""
         total = self.ledger.total()
         answered = max(total.requests, 1)
-        tokens = total.tokens / answered if total.requests else DEFAULT_CALL_TOKENS
+        tokens = total.tokens / answered if total.requests else self.expected_tokens
         if self.prices is None:
             return tokens, 0.0
         if total.requests and total.cost is not None:
