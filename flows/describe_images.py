@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -45,6 +46,7 @@ from prefect_ig1.tasks.s3 import (
 
 from .freshness import candidates, entry_for, windows
 from .markdown import escape_markdown, publishable_markdown
+from .progress import RunProgress
 from .record_index import IndexEntry, load_index, save_index
 from .records import Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
@@ -69,6 +71,8 @@ DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 """Calls in flight at most, however high /usage's max_throughput claims to be."""
 WINDOW_SIZE = 50
+SHOW_BAR = False
+"""Set by the CLI when stdout is a terminal: the run shows a live progress bar."""
 
 
 class ItemErrors(Exception):
@@ -142,56 +146,63 @@ def describe_s3_images(
                 bucket, prefix, profile.model, concurrency)
 
     index = load_index(s3, bucket, output_prefix)
-    listed = candidates(s3, bucket, output_prefix, prefix, report)
-    plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
-    to_send = sum(len(step) for step in plan if isinstance(step, list))
-    per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
-    report.forecast = forecast_spend(to_send, per_item, profile.prices, usage)
-    logger.info("Forecast: %s", report.forecast.describe())
-    if dry_run:
-        report.dry_run = True
-        return report
-    check_budget(report.forecast, allow_over_budget)
-    learnt: dict[str, IndexEntry] = {}
-    with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,
-          CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
-                     slot_timeout_seconds=slot_timeout_seconds,
-                     retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
-                     max_spend=max_spend, prices=profile.prices,
-                     expected_call_tokens=report.forecast.tokens_per_item) as engine):
-        manifest = Path(workdir) / "manifest.jsonl"
-        with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
-            for result in _describe_all(settings, engine, images, window_size, lines, plan):
-                report.count(result)
-                entry = entry_for(result, settings.digest)
-                if entry is not None and index.get(result.key) != entry:
-                    learnt[result.key] = entry
-        if learnt:
-            save_index(s3, bucket, output_prefix, {**index, **learnt})
-        report.timings["describe_s"] = round(time.monotonic() - started, 3)
-        report.requests = engine.requests_sent
-        summary_started = time.monotonic()
-        if not engine.stopped:
-            summary = _summarise(manifest, settings, engine, summary_prompt,
-                                 summary_chunk_chars, report)
-        stop = engine.stop_reason  # a refusal may also come during the summary
-        stop_error = None if stop is None else _stop_error(stop, report)
-        if stop_error is not None:
-            if report.summary_calls == 0:  # every further call would fail the same way
-                summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
-            report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
-        report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
-        report.spend = engine.ledger.rows()
+    with RunProgress("Describing images", show_bar=SHOW_BAR) as progress:
+        listed = _listing(candidates(s3, bucket, output_prefix, prefix, report), progress,
+                          report)
+        plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
+        to_send = sum(len(step) for step in plan if isinstance(step, list))
+        per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
+        report.forecast = forecast_spend(to_send, per_item, profile.prices, usage)
+        logger.info("Forecast: %s", report.forecast.describe())
+        if dry_run:
+            report.dry_run = True
+            return report
+        check_budget(report.forecast, allow_over_budget)
+        progress.start(to_send)
+        learnt: dict[str, IndexEntry] = {}
+        with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,
+              CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
+                         slot_timeout_seconds=slot_timeout_seconds,
+                         retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
+                         max_spend=max_spend, prices=profile.prices,
+                         expected_call_tokens=report.forecast.tokens_per_item) as engine):
+            manifest = Path(workdir) / "manifest.jsonl"
+            with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
+                for result in _describe_all(settings, engine, images, window_size, lines, plan):
+                    report.count(result)
+                    if result.status is not ItemStatus.unchanged:
+                        progress.done(result.status.value, tokens=result.input_tokens
+                                      + result.output_tokens,
+                                      requests=int(result.status is ItemStatus.described))
+                    entry = entry_for(result, settings.digest)
+                    if entry is not None and index.get(result.key) != entry:
+                        learnt[result.key] = entry
+            if learnt:
+                save_index(s3, bucket, output_prefix, {**index, **learnt})
+            report.timings["describe_s"] = round(time.monotonic() - started, 3)
+            report.requests = engine.requests_sent
+            summary_started = time.monotonic()
+            if not engine.stopped:
+                summary = _summarise(manifest, settings, engine, summary_prompt,
+                                     summary_chunk_chars, report)
+            stop = engine.stop_reason  # a refusal may also come during the summary
+            stop_error = None if stop is None else _stop_error(stop, report)
+            if stop_error is not None:
+                if report.summary_calls == 0:  # every further call would fail the same way
+                    summary = _summary_header(report) + f"_No summary: {stop_error.message}_\n"
+                report.stopped_by = f"{type(stop_error).__name__}: {stop_error.message}"
+            report.timings["summary_s"] = round(time.monotonic() - summary_started, 3)
+            report.spend = engine.ledger.rows()
 
-        report.timings["total_s"] = round(time.monotonic() - started, 3)
-        # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
-        run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
-        write_text(s3, bucket, run_prefix + "summary.md", summary)
-        upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
-        write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
-        report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
-                          for name in ("summary.md", "manifest.jsonl", "run.json")}
-        publish_artifacts(report, manifest, summary)
+            report.timings["total_s"] = round(time.monotonic() - started, 3)
+            # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
+            run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
+            write_text(s3, bucket, run_prefix + "summary.md", summary)
+            upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
+            write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
+            report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
+                              for name in ("summary.md", "manifest.jsonl", "run.json")}
+            publish_artifacts(report, manifest, summary)
     logger.info("Run %s: %s", run_name, report.headline())
     failed = bool(fail_on_item_errors and report.n(ItemStatus.failed))
     emit_run_event("stopped" if stop_error else "failed" if failed else "completed",
@@ -204,6 +215,14 @@ def describe_s3_images(
         raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
                          f"see {report.outputs['manifest.jsonl']}")
     return report
+
+
+def _listing(listed: Iterator[Candidate], progress: RunProgress,
+             report: RunReport) -> Iterator[Candidate]:
+    """The candidates as listed, counting them on the run's progress."""
+    for candidate in listed:
+        progress.listed(report.listed)
+        yield candidate
 
 
 def _run_identity() -> tuple[str, str]:
@@ -323,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
     parser.add_argument("--max-image-side", type=int, default=1024)
+    global SHOW_BAR
+    SHOW_BAR = sys.stdout.isatty()  # a live bar on a terminal, log lines otherwise
     report = describe_s3_images(**vars(parser.parse_args(argv)))
     print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return 0
