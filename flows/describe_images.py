@@ -43,6 +43,7 @@ from prefect_ig1.tasks.s3 import (
 )
 
 from .freshness import candidates, entry_for, windows
+from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
 from .record_index import IndexEntry, load_index, save_index
 from .records import DescribeSettings, ItemResult, ItemStatus
@@ -87,13 +88,15 @@ def describe_s3_images(
     retry_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0,
     slot_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0,
     fail_on_item_errors: bool = False,
+    gallery_presign_seconds: Annotated[int | None, Field(ge=1, le=604_800)] = None,
     aws_credentials: AwsCredentials | None = None,
     credentials: IG1Credentials | str | None = None,
 ) -> RunReport:
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run.
 
     Parameters are checked before anything is read or sent (ranges in the signature);
-    ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``.
+    ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``;
+    ``gallery_presign_seconds`` makes the gallery's link artifact a presigned HTTPS URL.
     """
     logger = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(timezone.utc)
@@ -156,10 +159,14 @@ def describe_s3_images(
         run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
         write_text(s3, bucket, run_prefix + "summary.md", summary)
         upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
-        write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
+        gallery = write_gallery(s3, report, summary, manifest, run_prefix=run_prefix,
+                                started=started_at)
         report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
-                          for name in ("summary.md", "manifest.jsonl", "run.json")}
+                          for name in ("summary.md", "manifest.jsonl", "run.json",
+                                       "gallery.html")}
+        write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
         publish_artifacts(report, manifest, summary)
+        publish_gallery(s3, report, gallery, gallery_presign_seconds)
     logger.info("Run %s: %s", run_name, report.headline())
 
     if stop_error is not None:
