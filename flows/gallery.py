@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import posixpath
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from prefect.artifacts import create_link_artifact
 
-from prefect_ig1.tasks.s3 import presigned_url, write_text
+from prefect_ig1.tasks.s3 import presigned_url, thumbnail_key, write_text
 
 from .markdown import escape_markdown
 from .records import ItemResult, ItemStatus
@@ -82,8 +83,9 @@ def gallery_pages(manifest: Path, report: RunReport, summary: str, *, started: d
 def write_gallery(s3: Any, report: RunReport, summary: str, manifest: Path, *,
                   run_prefix: str, started: datetime) -> str:
     """Write the run's gallery pages beside its summary; returns the first page's key."""
-    depth = run_prefix.removeprefix(report.output_prefix).count("/")
-    thumbs_url = "../" * depth + "_thumbs/"
+    # Relative, so the folder can be synced or served as it is ("../../_thumbs/" usually).
+    thumbs_url = posixpath.relpath(thumbnail_key(report.output_prefix, "x").rsplit("/", 1)[0],
+                                   run_prefix.rstrip("/")) + "/"
     for name, page in gallery_pages(manifest, report, summary, started=started,
                                     thumbs_url=thumbs_url):
         write_text(s3, report.bucket, run_prefix + name, page, "text/html; charset=utf-8")

@@ -104,10 +104,15 @@ class Browser:
         raise TimeoutError(event)
 
     def open(self, url: str) -> None:
-        """Navigate and wait for the load event (images that are not lazy included)."""
+        """Navigate and wait until the new document has loaded (its eager images included)."""
         self.events.clear()
         self.send("Page.navigate", url=url)
-        self.wait_for("Page.loadEventFired")
+        deadline = time.monotonic() + 30
+        while self.evaluate("location.href === 'about:blank' || document.readyState !== "
+                            "'complete'"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(url)
+            time.sleep(0.02)
 
     def evaluate(self, expression: str) -> Any:
         answer = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
@@ -115,6 +120,13 @@ class Browser:
         if "exceptionDetails" in answer:
             raise RuntimeError(f"{expression}: {answer['exceptionDetails']}")
         return answer["result"].get("value")
+
+    def wait_until(self, expression: str, timeout: float = 10) -> Any:
+        """Poll ``expression`` until it is truthy (lazy images, say); its last value."""
+        deadline = time.monotonic() + timeout
+        while not (value := self.evaluate(expression)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
 
     def click(self, selector: str) -> None:
         """A real mouse click at the element's centre (as a person would)."""

@@ -12,10 +12,12 @@ import json
 import os
 import re
 import shutil
+import statistics
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
 from prefect_ig1.flows.gallery import gallery_pages
 from prefect_ig1.flows.records import ItemResult, ItemStatus, RecordError
 from prefect_ig1.flows.reporting import RunReport
+from prefect_ig1.sandbox.demo import download_gallery
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import broken_images, sample_images
@@ -138,6 +141,7 @@ def test_keys_descriptions_and_errors_render_as_text() -> None:
     ]
     (name, page), = render(results, summary=f"# Run\n\n{PWN} &lt;i&gt;")
     assert name == "gallery.html"
+    assert '<li data-s="described">' in page and '<li data-s="failed">' in page
     assert "window.__pwned" in page and "<script>window" not in page
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&#34;window.__pwned=1&#34;&gt;" in page
@@ -243,6 +247,31 @@ def canary() -> Iterator[tuple[str, list[str]]]:
     server.server_close()
 
 
+@contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """A static web server on 127.0.0.1 for ``root``: the gallery served as it is."""
+    handler = functools.partial(QuietFiles, directory=str(root))
+    server = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a browser dropping a kept-alive connection is not news
+
+
+THUMBNAILS_SHOWN = ("[...document.querySelectorAll('#g img')].filter("
+                    "(i) => i.complete && i.naturalWidth > 0).length")
 VISIBLE = "[...document.querySelectorAll('#g>li')].filter((e) => e.offsetParent).length"
 
 
@@ -255,17 +284,17 @@ def test_the_gallery_in_chromium(env: EmulatorServer, local_s3: LocalS3, bucket:
     items = upload_gallery_set(local_s3, bucket)
     report = describe_s3_images(bucket, prefix="in/", prompt=prompt)
     assert report.n(ItemStatus.cached) >= 1 and report.n(ItemStatus.failed) == 3
-    # Served as it is, straight from the bucket (moto's S3 over HTTP): thumbnails resolve
-    # by their relative URLs.
-    folder = f"{local_s3.endpoint_url}/{bucket}/descriptions/"
+    # Synced to a folder (as the demo does) and served as it is: thumbnails resolve by their
+    # relative URLs.
+    first_page = download_gallery(local_s3.client(), bucket, gallery_key(report),
+                                  tmp_path / "site")
     assert CHROMIUM is not None
-    with Browser(CHROMIUM) as page:
-        page.open(f"{local_s3.endpoint_url}/{bucket}/{quote(gallery_key(report))}")
+    with serve_folder(tmp_path / "site") as site, Browser(CHROMIUM) as page:
+        folder = f"{site}/descriptions/"
+        page.open(f"{site}/{quote(gallery_key(report))}")
         assert page.evaluate("document.querySelectorAll('#g>li').length") == len(items)
         assert page.evaluate(VISIBLE) == len(items)
-        shown = page.evaluate("[...document.querySelectorAll('#g img')].filter("
-                              "(i) => i.complete && i.naturalWidth > 0).length")
-        assert shown >= 1  # the first row of thumbnails loaded through their relative URLs
+        assert page.wait_until(THUMBNAILS_SHOWN) >= 1  # loaded through their relative URLs
         assert page.evaluate("typeof window.__pwned") == "undefined"
         key_text = page.evaluate("[...document.querySelectorAll('#g b')].map((b) => "
                                  "b.textContent)")
@@ -284,7 +313,7 @@ def test_the_gallery_in_chromium(env: EmulatorServer, local_s3: LocalS3, bucket:
         assert page.evaluate(VISIBLE) == 1
         page.type_into("#q", "onerror")  # in the hostile keys and in every description
         assert page.evaluate(VISIBLE) == report.n(ItemStatus.described) + report.n(
-            ItemStatus.cached) + 0  # the broken images have no description
+            ItemStatus.cached)  # the broken images have no description, their keys no HTML
         page.type_into("#q", "")
         assert page.evaluate(VISIBLE) == len(items)
         page.screenshot(tmp_path / "gallery.png")
@@ -296,6 +325,12 @@ def test_the_gallery_in_chromium(env: EmulatorServer, local_s3: LocalS3, bucket:
         messages = [p for name, p in page.events
                     if name in ("Log.entryAdded", "Runtime.consoleAPICalled")]
         assert not [m for m in messages if "Content Security Policy" in json.dumps(m)], messages
+
+        page.open(first_page.as_uri())  # the demo's way: a local file, no server
+        assert page.evaluate(VISIBLE) == len(items)
+        assert page.wait_until(THUMBNAILS_SHOWN) >= 1
+        assert all(url.startswith(first_page.parents[2].as_uri())
+                   for url in page.requested_urls())
     assert hits == []
     if os.environ.get("IG1_GALLERY_SCREENSHOT"):  # how docs/gallery.png is made
         shutil.copy(tmp_path / "gallery.png", os.environ["IG1_GALLERY_SCREENSHOT"])
@@ -324,6 +359,7 @@ def test_page_weight_and_a_500_image_page_in_chromium(tmp_path: Path) -> None:
         (tmp_path / "_thumbs" / f"{sha}.jpg").write_bytes(thumbs[i % len(thumbs)])
     (_, page_100), = render(results[:100])
     (_, page_500), = render(results)
+    assert page_100.count("<li ") == 100
     data_bytes = sum(len(r.key) + len(r.text or "") + len(r.error.message if r.error else "")
                      for r in results[:100])
     overhead_100 = len(page_100.encode()) - data_bytes
@@ -332,29 +368,22 @@ def test_page_weight_and_a_500_image_page_in_chromium(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     (run / "gallery.html").write_text(page_500)
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    assert CHROMIUM is not None
-    try:
-        with Browser(CHROMIUM) as page:
+    with serve_folder(tmp_path) as site, Browser(CHROMIUM) as page:
+        page.open(f"{site}/_runs/run/gallery.html")  # a first visit warms Chromium up
+        visits = []  # [wall s, domInteractive, DOMContentLoaded end, load end] (ms)
+        for visit in range(5):  # the machine is shared: the median of five
             started = time.perf_counter()
-            page.open(f"http://127.0.0.1:{server.server_address[1]}/_runs/run/gallery.html")
-            wall_load = time.perf_counter() - started
-            timing = page.evaluate("(() => { const n = performance.getEntriesByType("
-                                   "'navigation')[0]; return [n.domInteractive, "
-                                   "n.domContentLoadedEventEnd, n.loadEventEnd]; })()")
-            search_ms = page.evaluate("(() => { const q = document.getElementById('q'); "
-                                      "const t = performance.now(); q.value = 'trip 7'; "
-                                      "q.dispatchEvent(new Event('input')); "
-                                      "document.body.offsetHeight; return performance.now() - t;"
-                                      " })()")
-            assert page.evaluate(VISIBLE) == 50
-            page.screenshot(tmp_path / "gallery-500.png")
-    finally:
-        server.shutdown()
-        server.server_close()
+            page.open(f"{site}/_runs/run/gallery.html?{visit}")
+            visits.append([time.perf_counter() - started, *page.evaluate(
+                "(() => { const n = performance.getEntriesByType('navigation')[0]; "
+                "return [n.domInteractive, n.domContentLoadedEventEnd, n.loadEventEnd]; })()")])
+        wall_load, *timing = (statistics.median(column) for column in zip(*visits, strict=True))
+        search_ms = page.evaluate("(() => { const q = document.getElementById('q'); "
+                                  "const t = performance.now(); q.value = 'trip 7'; "
+                                  "q.dispatchEvent(new Event('input')); "
+                                  "document.body.offsetHeight; return performance.now() - t;"
+                                  " })()")
+        assert page.evaluate(VISIBLE) == 50
     figures = {
         "html_bytes_per_100_images": len(page_100.encode()),
         "markup_bytes_per_100_images_without_data_text": overhead_100,
@@ -363,6 +392,8 @@ def test_page_weight_and_a_500_image_page_in_chromium(tmp_path: Path) -> None:
         "thumbnail_bytes_mean": round(sum(map(len, thumbs)) / len(thumbs)),
         "dom_interactive_ms": round(timing[0]), "dom_content_loaded_ms": round(timing[1]),
         "load_event_ms": round(timing[2]), "wall_open_s": round(wall_load, 3),
+        "dom_content_loaded_ms_each": [round(v[2]) for v in visits],
         "search_500_cards_ms": round(search_ms, 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
     print("\ngallery figures: " + json.dumps(figures))
