@@ -45,6 +45,7 @@ from prefect_ig1.tasks.s3 import (
 )
 
 from .freshness import candidates, entry_for, windows
+from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
 from .progress import RunProgress
 from .record_index import IndexEntry, load_index, save_index
@@ -100,6 +101,7 @@ def describe_s3_images(
     retry_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0,
     slot_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0,
     fail_on_item_errors: bool = False,
+    gallery_presign_seconds: Annotated[int | None, Field(ge=1, le=604_800)] = None,
     aws_credentials: AwsCredentials | None = None,
     credentials: IG1Credentials | str | None = None,
     max_tokens: Annotated[int | None, Field(ge=1)] = None,
@@ -110,7 +112,8 @@ def describe_s3_images(
     """Describe every new image under ``prefix`` in ``bucket``, record each, summarise the run.
 
     Parameters are checked before anything is read or sent (ranges in the signature);
-    ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``.
+    ``slot_timeout_seconds`` bounds the wait for a slot of ``concurrency_limit_name``;
+    ``gallery_presign_seconds`` makes the gallery's link artifact a presigned HTTPS URL.
     After listing, the run forecasts its spend; ``dry_run`` stops there. ``max_tokens`` /
     ``max_spend`` cap the run as a 402 would stop it.
     """
@@ -195,14 +198,7 @@ def describe_s3_images(
             report.spend = engine.ledger.rows()
 
             report.timings["total_s"] = round(time.monotonic() - started, 3)
-            # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
-            run_prefix = f"{output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{run_name}/"
-            write_text(s3, bucket, run_prefix + "summary.md", summary)
-            upload_file(s3, bucket, run_prefix + "manifest.jsonl", manifest, "application/x-ndjson")
-            write_json(s3, bucket, run_prefix + "run.json", report.model_dump(mode="json"))
-            report.outputs = {name: f"s3://{bucket}/{run_prefix}{name}"
-                              for name in ("summary.md", "manifest.jsonl", "run.json")}
-            publish_artifacts(report, manifest, summary)
+            _write_outputs(s3, report, summary, manifest, started_at, gallery_presign_seconds)
     logger.info("Run %s: %s", run_name, report.headline())
     failed = bool(fail_on_item_errors and report.n(ItemStatus.failed))
     emit_run_event("stopped" if stop_error else "failed" if failed else "completed",
@@ -215,6 +211,23 @@ def describe_s3_images(
         raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
                          f"see {report.outputs['manifest.jsonl']}")
     return report
+
+
+def _write_outputs(s3: Any, report: RunReport, summary: str, manifest: Path,
+                   started_at: datetime, gallery_presign_seconds: int | None) -> None:
+    """The run's folder (summary, manifest, gallery, run.json) and its artifacts."""
+    # Started-at first: folders sort by time, and a repeated run name cannot overwrite.
+    run_prefix = f"{report.output_prefix}_runs/{started_at:%Y%m%dT%H%M%SZ}-{report.run}/"
+    write_text(s3, report.bucket, run_prefix + "summary.md", summary)
+    upload_file(s3, report.bucket, run_prefix + "manifest.jsonl", manifest,
+                "application/x-ndjson")
+    gallery = write_gallery(s3, report, summary, manifest, run_prefix=run_prefix,
+                            started=started_at)
+    report.outputs = {name: f"s3://{report.bucket}/{run_prefix}{name}"
+                      for name in ("summary.md", "manifest.jsonl", "run.json", "gallery.html")}
+    write_json(s3, report.bucket, run_prefix + "run.json", report.model_dump(mode="json"))
+    publish_artifacts(report, manifest, summary)
+    publish_gallery(s3, report, gallery, gallery_presign_seconds)
 
 
 def _listing(listed: Iterator[Candidate], progress: RunProgress,

@@ -150,6 +150,10 @@ class ItemResult(BaseModel):
     etag: str | None = None
     """The source's ETag, and the ETag of the record read or written for it (the index's)."""
     record_etag: str | None = None
+    sha256: str | None = None
+    """SHA-256 of the source bytes: names its gallery thumbnail."""
+    thumbnail: bool | None = None
+    """True when ``{output_prefix}_thumbs/<sha256>.jpg`` exists (written now or before)."""
 
 
 class DescribeSettings(BaseModel):

@@ -28,13 +28,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect_ig1.client import InputImage, InputMessage, InputText, Response
 from prefect_ig1.tasks import prepare_call
 from prefect_ig1.tasks.engine import CallEngine, NotAttempted
-from prefect_ig1.tasks.images import ImageRejected, PreparedImage, prepare_image
+from prefect_ig1.tasks.images import ImageRejected, PreparedImage, prepare_image, thumbnail_jpeg
 from prefect_ig1.tasks.s3 import (
     ObjectTooLarge,
+    object_exists,
     read_bytes,
     read_if_exists,
     record_key,
     s3_client,
+    thumbnail_key,
+    write_bytes,
     write_json,
 )
 
@@ -89,6 +92,8 @@ class ImagePreparation:
     def __init__(self) -> None:
         self.preparers = ThreadPoolExecutor(PREPARERS, thread_name_prefix="ig1-prepare")
         self.downloads = ByteBudget(DOWNLOAD_BUDGET_BYTES)
+        self.thumbnails: set[str] = set()
+        """Contents whose thumbnail this run found or wrote: a duplicate costs no HEAD."""
 
     def __enter__(self) -> ImagePreparation:
         return self
@@ -141,11 +146,14 @@ class _ItemWork:
                 self._read_record(where), candidate.etag, self.settings.digest):
             return ItemResult(key=candidate.key, status=ItemStatus.unchanged,
                               etag=candidate.etag, record_etag=candidate.record_etag)
-        base = {"source_key": candidate.key, "source_etag": candidate.etag,
-                "model": self.settings.profile.model, "flow_run": self.settings.run_name,
-                "source_bytes": candidate.size, "settings": self.settings.digest}
+        base: dict[str, Any] = {
+            "source_key": candidate.key, "source_etag": candidate.etag,
+            "model": self.settings.profile.model, "flow_run": self.settings.run_name,
+            "source_bytes": candidate.size, "settings": self.settings.digest}
+        thumbnail: bool | None = None
         try:
             prepared = self._prepare(candidate, base)
+            thumbnail = self._store_thumbnail(base["sha256"], prepared)
             sent = {"sent_width": prepared.width, "sent_height": prepared.height,
                     "sent_bytes": len(prepared.data)}
             response, cached = self._describe(prepared)
@@ -165,11 +173,12 @@ class _ItemWork:
         except Exception as exc:  # MemoryError included: not the image's verdict
             if is_run_stopping(exc):
                 self.engine.stop(exc)
-            return self._write_failure(candidate, where, base, RecordError.from_exception(exc))
+            return self._write_failure(candidate, where, base, RecordError.from_exception(exc),
+                                       thumbnail=thumbnail)
         problem = answer_problem(response)
         if problem is not None:
             return self._write_failure(candidate, where, {**base, **sent}, problem,
-                                       response=response)
+                                       response=response, thumbnail=thumbnail)
         record = ImageRecord.described(response=response, cached=cached, **base, **sent)
         record_etag = write_json(self.s3, self.settings.bucket, where,
                                  record.model_dump(mode="json"))
@@ -178,6 +187,7 @@ class _ItemWork:
             key=candidate.key, status=ItemStatus.cached if cached else ItemStatus.described,
             text=response.output_text, sent_bytes=len(prepared.data),
             etag=candidate.etag, record_etag=record_etag,
+            sha256=base["sha256"], thumbnail=thumbnail,
             input_tokens=0 if cached or not usage else usage.input_tokens,
             output_tokens=0 if cached or not usage else usage.output_tokens)
 
@@ -206,6 +216,24 @@ class _ItemWork:
                 max_bytes=self.settings.max_object_bytes,
                 max_pixels=self.settings.max_image_pixels).result()
 
+    def _store_thumbnail(self, sha256: str, prepared: PreparedImage) -> bool:
+        """The gallery's thumbnail, once per content: a HEAD first, so an image seen before
+        (under another key, or by an earlier run) costs no encoding and no PUT. A failure
+        here costs the card its picture, never the image its description."""
+        if sha256 in self.images.thumbnails:
+            return True
+        bucket, key = self.settings.bucket, thumbnail_key(self.settings.output_prefix, sha256)
+        try:
+            if not object_exists(self.s3, bucket, key):
+                data = self.images.preparers.submit(thumbnail_jpeg, prepared).result()
+                write_bytes(self.s3, bucket, key, data, "image/jpeg")
+        except (*_S3_FAILURES, OSError, ValueError) as exc:
+            logger.warning("No gallery thumbnail for s3://%s/%s (%s)", bucket, key,
+                           type(exc).__name__)
+            return False
+        self.images.thumbnails.add(sha256)
+        return True
+
     def _describe(self, prepared: PreparedImage) -> tuple[Response, bool]:
         message = InputMessage(role="user", content=[
             InputText(text=self.settings.prompt),
@@ -217,12 +245,14 @@ class _ItemWork:
                                              params=self.settings.params))
 
     def _write_failure(self, candidate: Candidate, where: str, base: dict[str, Any],
-                       error: RecordError, response: Response | None = None) -> ItemResult:
+                       error: RecordError, response: Response | None = None,
+                       thumbnail: bool | None = None) -> ItemResult:
         record = ImageRecord.failed(error=error, response=response, **base)
         record_etag = write_json(self.s3, self.settings.bucket, where,
                                  record.model_dump(mode="json"))
         return ItemResult(key=candidate.key, status=ItemStatus.failed, error=error,
-                          etag=candidate.etag, record_etag=record_etag)
+                          etag=candidate.etag, record_etag=record_etag,
+                          sha256=base.get("sha256"), thumbnail=thumbnail)
 
 
 def answer_problem(response: Response) -> RecordError | None:

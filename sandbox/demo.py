@@ -10,8 +10,11 @@ and where the records are, then reruns it to show that nothing is paid twice.
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 from .emulator import EmulatorServer
 from .local_s3 import LocalS3
@@ -19,6 +22,7 @@ from .sample_images import broken_images, large_jpeg, sample_images
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 BUCKET = "demo-photos"
+_THUMBNAIL_SRC = re.compile(r'<img src="([^"]*_thumbs/[0-9a-f]{64}\.jpg)"')
 
 
 def _prepare_environment(emulator: EmulatorServer, s3: LocalS3) -> None:
@@ -46,6 +50,25 @@ def _upload(s3: LocalS3) -> int:
     return len(uploads)
 
 
+def download_gallery(client: Any, bucket: str, gallery_key: str, dest: Path) -> Path:
+    """Copy a run's gallery pages and the thumbnails they show into ``dest``, in the bucket's
+    layout (relative URLs keep working); returns the first page's path."""
+    run_folder = gallery_key.rsplit("/", 1)[0] + "/"
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=run_folder + "gallery")
+    for key in sorted(obj["Key"] for obj in listed.get("Contents", [])):
+        page = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(page)
+        for src in set(_THUMBNAIL_SRC.findall(page.decode("utf-8"))):
+            thumb_key = posixpath.normpath(posixpath.join(run_folder, src))
+            thumb = dest / thumb_key
+            if not thumb.exists():
+                thumb.parent.mkdir(parents=True, exist_ok=True)
+                thumb.write_bytes(client.get_object(Bucket=bucket, Key=thumb_key)["Body"].read())
+    return (dest / gallery_key).resolve()
+
+
 def main() -> int:
     with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator, LocalS3() as s3:
         _prepare_environment(emulator, s3)
@@ -71,6 +94,10 @@ def main() -> int:
         record = s3.client().get_object(Bucket=BUCKET, Key="descriptions/incoming/broken/"
                                         + broken_images()[0][0] + ".json")["Body"].read()
         print(f"An error record:\n{record.decode()}")
+        gallery = reports[0].outputs["gallery.html"].removeprefix(f"s3://{BUCKET}/")
+        page = download_gallery(s3.client(), BUCKET, gallery, Path(".demo/gallery"))
+        print(f"\nGallery of the first run (s3://{BUCKET}/{gallery}), with its thumbnails:\n"
+              f"  {page.as_uri()}")
     return 0
 
 

@@ -23,12 +23,17 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRejected", "PreparedImage", "prepare_image"]
+__all__ = [
+    "THUMBNAIL_MAX_BYTES", "ImageRejected", "PreparedImage", "prepare_image", "thumbnail_jpeg",
+]
 
 Reason = Literal[
     "empty", "too_large", "too_many_pixels", "not_an_image", "unsupported_format", "corrupt",
     "decompression_bomb",
 ]
+
+THUMBNAIL_MAX_BYTES = 15 * 1024
+"""A gallery thumbnail's budget: 500 cards stay a light page."""
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Pixels decoded per image (a JPEG counts at its draft size). A 370 KB PNG of 9,400 x 9,400
@@ -317,3 +322,27 @@ def _encode(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
         return out.getvalue(), "image/png"
     image.save(out, format="JPEG", quality=jpeg_quality, optimize=True)
     return out.getvalue(), "image/jpeg"
+
+
+def thumbnail_jpeg(prepared: PreparedImage, *, max_side: int = 256, quality: int = 70) -> bytes:
+    """A small JPEG of what was sent, for the run's gallery: made from the prepared image (at
+    most ``max_side`` px already), so the source is never read twice; at most
+    ``THUMBNAIL_MAX_BYTES`` (lower quality, then fewer pixels, for noisy pictures)."""
+    with Image.open(io.BytesIO(prepared.data)) as source:
+        source.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2..1/8 scale directly
+        image = source.convert("RGBA") if source.mode in ("RGBA", "LA", "P") else source.copy()
+    if image.mode == "RGBA":  # a see-through PNG: flatten on white, as a page shows it
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    out = io.BytesIO()
+    for side in (max_side, max_side * 3 // 4, max_side // 2, max_side // 4):
+        image.thumbnail((side, side), Image.Resampling.BICUBIC)
+        for attempt in (quality, 50, 35):
+            out = io.BytesIO()
+            image.save(out, format="JPEG", quality=attempt, optimize=True)
+            if out.tell() <= THUMBNAIL_MAX_BYTES:
+                return out.getvalue()
+    return out.getvalue()  # 64 px at quality 35 is ~2 KB: not reached in practice

@@ -52,12 +52,16 @@ __all__ = [
     "is_image_key",
     "list_keys",
     "list_objects",
+    "object_exists",
+    "presigned_url",
     "read_bytes",
     "read_if_exists",
     "read_json",
     "record_key",
     "s3_client",
+    "thumbnail_key",
     "upload_file",
+    "write_bytes",
     "write_json",
     "write_text",
 ]
@@ -237,6 +241,11 @@ def record_key(output_prefix: str, source_key: str) -> str:
     return f"{output_prefix}{source_key}.json"
 
 
+def thumbnail_key(output_prefix: str, sha256: str) -> str:
+    """Where a gallery thumbnail lives: one per image content, shared by all keys and runs."""
+    return f"{output_prefix}_thumbs/{sha256}.jpg"
+
+
 def read_bytes(
     client: S3Client, bucket: str, key: str, *, max_bytes: int | None = None
 ) -> tuple[bytes, str | None]:
@@ -289,6 +298,29 @@ def write_json(client: S3Client, bucket: str, key: str, document: dict[str, Any]
     written = client.put_object(Bucket=bucket, Key=key, Body=body,
                                 ContentType="application/json")
     return written["ETag"].strip('"')
+
+
+def object_exists(client: S3Client, bucket: str, key: str) -> bool:
+    """One HEAD: whether ``key`` exists (bucket errors still raise)."""
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if _error_code(error) in _MISSING_KEY_CODES:
+            return False
+        raise
+    return True
+
+
+def write_bytes(client: S3Client, bucket: str, key: str, data: bytes, content_type: str) -> None:
+    """Store bytes (a thumbnail) with the content type a browser needs to show them."""
+    client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+
+def presigned_url(client: S3Client, bucket: str, key: str, seconds: int) -> str:
+    """A time-limited GET URL for ``key``, signed locally (no S3 call)."""
+    url: str = client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
+    return url
 
 
 def write_text(

@@ -159,7 +159,7 @@ def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
     written = set(all_keys(local_s3, bucket)) - before
     assert written == {url.removeprefix(f"s3://{bucket}/") for url in report.outputs.values()}
     assert {key.rsplit("/", 1)[1] for key in written} == {"summary.md", "manifest.jsonl",
-                                                         "run.json"}
+                                                         "run.json", "gallery.html"}
     assert all(key.split("/")[2].endswith(f"Z-{report.run}") for key in written)
     assert report.counts == {"unchanged": 5} and report.requests == 0
 
@@ -363,7 +363,8 @@ def test_budget_stop_within_the_concurrency_bound(env: EmulatorServer, local_s3:
         state.result()
     assert env.stats.requests <= 5 + 4
     runs = [k for k in all_keys(local_s3, bucket) if k.startswith("descriptions/_runs/")]
-    assert {k.rsplit("/", 1)[1] for k in runs} == {"summary.md", "manifest.jsonl", "run.json"}
+    assert {k.rsplit("/", 1)[1] for k in runs} == {"summary.md", "manifest.jsonl", "run.json",
+                                                   "gallery.html"}
     run = json.loads(local_s3.client().get_object(
         Bucket=bucket, Key=next(k for k in runs if k.endswith("run.json")))["Body"].read())
     assert run["counts"]["described"] == 5 and run["counts"]["not_attempted"] > 0

@@ -96,7 +96,8 @@ def read_records(local_s3: LocalS3) -> Callable[..., dict[str, ImageRecord]]:
             Bucket=bucket, Prefix=output_prefix)
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])
                 if not obj["Key"].startswith((f"{output_prefix}_runs/",
-                                              f"{output_prefix}_state/"))]
+                                              f"{output_prefix}_state/",
+                                              f"{output_prefix}_thumbs/"))]
         with ThreadPoolExecutor(16) as pool:
             bodies = pool.map(lambda key: client.get_object(Bucket=bucket, Key=key)[
                 "Body"].read(), keys)

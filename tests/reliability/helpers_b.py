@@ -69,7 +69,8 @@ def records(local_s3: LocalS3, bucket: str) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for key in all_keys(local_s3, bucket):
         if not key.startswith(OUTPUT_PREFIX) or key.startswith(
-                (f"{OUTPUT_PREFIX}_runs/", f"{OUTPUT_PREFIX}_state/")):  # run outputs, index
+                (f"{OUTPUT_PREFIX}_runs/", f"{OUTPUT_PREFIX}_state/",
+                 f"{OUTPUT_PREFIX}_thumbs/")):  # run outputs, index, gallery thumbnails
             continue
         document = json.loads(object_text(local_s3, bucket, key))
         ImageRecord.model_validate(document)

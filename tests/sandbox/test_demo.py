@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -26,3 +27,6 @@ def test_the_demo_describes_summarises_and_reruns_for_free(tmp_path: Path) -> No
     assert "0 new" in rerun.splitlines()[0] and "0 HTTP call(s) to IG1" in rerun
     assert "Summary of the first run (s3://demo-photos/descriptions/_runs/" in out
     assert "# Image descriptions: run " in out and '"error": {' in out
+    page = Path(unquote(out.split("Gallery of the first run")[1].split("file://")[1].split()[0]))
+    assert page.is_file() and '<li data-s="described">' in page.read_text(encoding="utf-8")
+    assert list((tmp_path / ".demo/gallery/descriptions/_thumbs").glob("*.jpg"))
