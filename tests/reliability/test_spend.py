@@ -39,7 +39,8 @@ def _profile(emulator: EmulatorServer) -> ResponsesModel:
 def test_the_ledger_adds_up_to_the_emulators_own_token_counts(
         env: EmulatorServer, bucket_with_images: Callable[..., str], prompt: str) -> None:
     bucket = bucket_with_images(distinct_pngs(6))
-    report = describe_s3_images(bucket, prompt=prompt, model=_profile(env), max_concurrency=3)
+    report = describe_s3_images(bucket, prefix="in/", prompt=prompt, model=_profile(env),
+                                max_concurrency=3)
     *models, total = report.spend
     stats = env.stats
     assert total.model == "all" and total.requests == stats.requests
@@ -51,7 +52,7 @@ def test_the_ledger_adds_up_to_the_emulators_own_token_counts(
     # The same images for another output prefix: every description from the cache (the
     # summary, of lines in another order, is a new call and is counted as one).
     before = env.stats.requests
-    cached = describe_s3_images(bucket, prompt=prompt, model=_profile(env),
+    cached = describe_s3_images(bucket, prefix="in/", prompt=prompt, model=_profile(env),
                                 output_prefix="other/")
     assert cached.spend[-1].cache_hits >= 6 and cached.input_tokens == 0
     assert cached.spend[-1].requests == env.stats.requests - before == cached.summary_calls
