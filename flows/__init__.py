@@ -1,5 +1,8 @@
-"""Prefect flows that chain IG1 tasks into jobs; first: describe new S3 images, then summarise."""
+"""Prefect flows that chain IG1 tasks into jobs: describe new S3 images, then summarise; run
+one prompt over every row of a table or every line of a Batch request file."""
 
+from .batch import run_batch
+from .batch_report import BatchReport
 from .describe_images import DEFAULT_PROMPT, describe_s3_images
 from .records import ImageRecord, ItemStatus, RecordError
 from .reporting import RunReport
@@ -8,9 +11,11 @@ from .summary import DEFAULT_SUMMARY_PROMPT
 __all__ = [
     "DEFAULT_PROMPT",
     "DEFAULT_SUMMARY_PROMPT",
+    "BatchReport",
     "ImageRecord",
     "ItemStatus",
     "RecordError",
     "RunReport",
     "describe_s3_images",
+    "run_batch",
 ]
