@@ -26,7 +26,7 @@ from pydantic import Field
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError
 from prefect_ig1.tasks import PreparedCall, resolve_credentials, resolve_model
-from prefect_ig1.tasks.engine import DEFAULT_WINDOW_SIZE, CallEngine, respond_many
+from prefect_ig1.tasks.engine import DEFAULT_WINDOW_SIZE, CallEngine, NotAttempted, respond_many
 from prefect_ig1.tasks.images import ImageRejected
 from prefect_ig1.tasks.s3 import read_bytes, s3_client
 
@@ -295,6 +295,9 @@ def _answer_all(items: Iterator[Item], engine: CallEngine, sink: ResultSink,
                 code = call.reason if isinstance(call, ImageRejected) else (
                     "image_unreadable" if isinstance(call, OSError) else "invalid_request")
                 sink.add(position, RowOutcome.failed(custom_id, call, code), row)
+                continue
+            if engine.stopped:  # IG1 refused a call: the rest is for the rerun, at no cost
+                sink.add(position, RowOutcome.failed(custom_id, NotAttempted()), row)
                 continue
             pending[position] = (custom_id, row, call)
             yield str(position), call
