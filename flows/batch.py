@@ -302,10 +302,7 @@ def _answer_all(items: Iterator[Item], engine: CallEngine, sink: ResultSink,
             pending[position] = (custom_id, row, call)
             yield str(position), call
 
-    # Windows no larger than the bound: the engine then keeps two in flight, so the calls
-    # never wait for a window's last answer (DEFAULT_WINDOW_SIZE caps the task count).
-    window = min(DEFAULT_WINDOW_SIZE, engine.max_concurrency)
-    for result in respond_many(calls(), engine=engine, window_size=window):
+    for result in respond_many(calls(), engine=engine, window_size=DEFAULT_WINDOW_SIZE):
         position = int(result.key)
         custom_id, row, call = pending.pop(position)
         sink.add(position, judge(custom_id, call, result, answer_format), row)
