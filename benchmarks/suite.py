@@ -254,7 +254,7 @@ def main() -> int:
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--largest-scale-runs", type=int, default=1,
                         help="runs at N=10 000 (~3 min each; 3 take the suite past 15 min)")
-    parser.add_argument("--only", default="c16,c64,photos,scale,prefect",
+    parser.add_argument("--only", default="c16,c64,photos,scale,batch,batchmem,prefect",
                         help="comma-separated scenarios to run (default: all)")
     args = parser.parse_args()
 
@@ -303,6 +303,14 @@ def _run_scenarios(args: argparse.Namespace, server: PrefectServer) -> Bench:
         if "scale" in only:
             scale(bench, server, sizes=(100, 1000) if quick else (1000, 10000),
                   concurrency=64, largest_runs=args.largest_scale_runs)
+        if "batch" in only:
+            from . import batch
+
+            batch.throughput(bench, rows=400 if quick else 2000)
+        if "batchmem" in only:
+            from . import batch
+
+            batch.memory(bench, server, sizes=(1000, 10_000) if quick else (10_000, 100_000))
         if "prefect" in only:
             prefect_overhead(bench, server)
     return bench

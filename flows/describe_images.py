@@ -17,21 +17,19 @@ import random
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
-from prefect_ig1.client import AccountUsage, AuthenticationError, BudgetExhaustedError, IG1Error
+from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, IG1Error
 from prefect_ig1.tasks import resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import CallEngine, check_global_limit
 from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
@@ -44,6 +42,7 @@ from prefect_ig1.tasks.s3 import (
     write_text,
 )
 
+from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
 from .freshness import candidates, entry_for, windows
 from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
@@ -68,9 +67,6 @@ DEFAULT_PROMPT = (
     "Describe this image for a searchable catalogue: the main subject, the setting, "
     "notable objects, any visible text, and the overall mood, in 2-4 sentences."
 )
-DEFAULT_CONCURRENCY = 8
-MAX_CONCURRENCY = 256
-"""Calls in flight at most, however high /usage's max_throughput claims to be."""
 WINDOW_SIZE = 50
 SHOW_BAR = False
 """Set by the CLI when stdout is a terminal: the run shows a live progress bar."""
@@ -123,7 +119,7 @@ def describe_s3_images(
         raise ValueError(
             f"prefix {prefix!r} lies under output_prefix {output_prefix!r}, where the run "
             "writes its records: nothing there would be described. Use another output_prefix.")
-    run_id, run_name = _run_identity()
+    run_id, run_name = run_identity()
     profile = resolve_model(model)
     credentials = resolve_credentials(credentials, profile)
     if max_spend is not None and profile.prices is None:
@@ -133,9 +129,9 @@ def describe_s3_images(
         check_global_limit(concurrency_limit_name)
     s3 = s3_client(aws_credentials)
     ensure_bucket_exists(s3, bucket)
-    usage = _read_usage(credentials)
+    usage = read_usage(credentials)
     emit_budget_low(usage, credentials)
-    concurrency = max_concurrency or _concurrency_from(usage)
+    concurrency = max_concurrency or concurrency_from(usage)
     settings = DescribeSettings(
         run_name=run_name, bucket=bucket, output_prefix=output_prefix, prompt=prompt,
         profile=profile, credentials=credentials, aws_credentials=aws_credentials,
@@ -238,15 +234,6 @@ def _listing(listed: Iterator[Candidate], progress: RunProgress,
         yield candidate
 
 
-def _run_identity() -> tuple[str, str]:
-    """(id, name) of this flow run: two runs may share a name, never an id."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        return str(context.flow_run.id), str(context.flow_run.name)
-    run_id = uuid.uuid4().hex
-    return run_id, run_id[:12]
-
-
 def _stop_error(stop: BaseException, report: RunReport) -> IG1Error:
     """The one error a stopped run ends with (and its summary says): cause, what was left, fix."""
     left = f"{report.n(ItemStatus.not_attempted)} image(s) not attempted"
@@ -265,32 +252,6 @@ def _stop_error(stop: BaseException, report: RunReport) -> IG1Error:
         f"IG1 refused the credentials ({where['status']}: {getattr(stop, 'message', stop)}); "
         f"the run stopped at once, {left}. Check the IG1Credentials block or IG1AI_API_KEY.",
         **where)
-
-
-def _read_usage(credentials: IG1Credentials) -> AccountUsage | None:
-    """``/usage`` (spend, commit, max_throughput); None when unavailable (not fatal)."""
-    logger = get_run_logger()
-    try:
-        usage = credentials.usage()
-    except IG1Error as exc:
-        if isinstance(exc, AuthenticationError):
-            raise
-        logger.info("IG1 /usage unavailable (%s)", exc)
-        return None
-    if usage.remaining <= 0:
-        logger.warning("IG1 budget already spent this month (%.2f of %.2f): calls will fail "
-                       "with 402 until the commit is raised", usage.current, usage.commit)
-    return usage
-
-
-def _concurrency_from(usage: AccountUsage | None) -> int:
-    """``max_throughput`` from ``/usage``, capped; else a safe default."""
-    claimed = (usage.max_throughput if usage else None) or DEFAULT_CONCURRENCY
-    if claimed > MAX_CONCURRENCY:
-        get_run_logger().warning("IG1 /usage claims max_throughput=%d: capped at %d calls in "
-                                 "flight (pass max_concurrency to choose)", claimed,
-                                 MAX_CONCURRENCY)
-    return max(1, min(claimed, MAX_CONCURRENCY))
 
 
 def _describe_all(settings: DescribeSettings, engine: CallEngine, images: ImagePreparation,

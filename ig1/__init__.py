@@ -48,7 +48,12 @@ from ._response import OutputContent, OutputItem, Response, TokenUsage
 from ._retry import RetryPolicy, Throttle, is_transient, parse_retry_after
 from ._shared import shared_async_client, shared_client
 from ._stream import StreamEvent
-from ._structured import json_schema_text_config, parse_structured, strict_json_schema
+from ._structured import (
+    json_schema_text_config,
+    json_schema_violation,
+    parse_structured,
+    strict_json_schema,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -94,6 +99,7 @@ __all__ = [
     "is_transient",
     "is_transient_code",
     "json_schema_text_config",
+    "json_schema_violation",
     "parse_retry_after",
     "parse_structured",
     "shared_async_client",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, TypeVar
 
@@ -11,7 +12,8 @@ from ._exceptions import StructuredOutputError
 from ._request import JsonSchemaFormat, TextConfig
 from ._response import Response
 
-__all__ = ["json_schema_text_config", "parse_structured", "strict_json_schema"]
+__all__ = ["json_schema_text_config", "json_schema_violation", "parse_structured",
+           "strict_json_schema"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -60,3 +62,22 @@ def parse_structured(response: Response, model: type[ModelT]) -> ModelT:
             f"reply is not valid JSON for {model.__name__}: {where}: {first['msg']}",
             raw_text=response.output_text, request_id=response.request_id,
         ) from None
+
+
+def json_schema_violation(text: str, schema: dict[str, Any]) -> str | None:
+    """Why ``text`` is not JSON valid for ``schema`` (a JSON Schema dict), or None when it is.
+
+    For formats given as a schema rather than a pydantic model: the client cannot parse
+    those, so callers (the cache, the batch flow) check the answer with this."""
+    import jsonschema  # a Prefect dependency; imported here, where it is needed
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"reply is not JSON: {exc}"
+    error = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "reply"
+    return f"reply is not valid JSON for the schema: {where}: {error.message[:300]}"

@@ -4,11 +4,14 @@ Starts the IG1 emulator and moto's S3 server on 127.0.0.1, uploads generated
 images (several formats and sizes, a 12 MP photo, a duplicate, broken files),
 runs ``describe_s3_images`` in Prefect's ephemeral mode, prints the summary
 and where the records are, then reruns it to show that nothing is paid twice.
+Then the data-team batch: 20 support tickets in a CSV classified into a JSON schema,
+the results table's first rows, and a rerun that makes no call.
 ``python -m prefect_ig1.sandbox.demo``
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import posixpath
 import re
@@ -69,6 +72,46 @@ def download_gallery(client: Any, bucket: str, gallery_key: str, dest: Path) -> 
     return (dest / gallery_key).resolve()
 
 
+TICKET_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["label", "confidence"],
+    "properties": {"label": {"type": "string", "enum": ["billing", "bug", "account", "other"]},
+                   "confidence": {"type": "number"}}}
+_TICKETS = ["I was charged twice this month", "The export button crashes the app",
+            "How do I change my e-mail address?", "Invoice #{n} shows the wrong VAT",
+            "Login page is blank on Safari"]
+
+
+def _run_batch_demo(emulator: EmulatorServer) -> None:
+    """20 tickets in a CSV, classified into a schema; the rerun pays nothing."""
+    import pyarrow.csv as pacsv
+
+    from prefect_ig1.flows import run_batch
+
+    folder = Path(".demo/batch").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "tickets.csv"
+    with source.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["ticket_id", "text"])
+        writer.writerows([f"T{n:03d}", _TICKETS[n % len(_TICKETS)].format(n=n) + f" (#{n})"]
+                         for n in range(20))
+    for attempt in ("batch, first run", "batch rerun, nothing changed"):
+        before = emulator.stats.requests
+        started = time.perf_counter()
+        report = run_batch(str(source), prompt="Classify this support ticket: {text}",
+                           response_format=TICKET_SCHEMA, id_column="ticket_id",
+                           max_concurrency=8)
+        print(f"\n== {attempt}: {report.headline()}")
+        print(f"   {emulator.stats.requests - before} HTTP call(s) to IG1, "
+              f"{time.perf_counter() - started:.1f} s")
+    table = pacsv.read_csv(report.outputs["results.csv"])
+    print(f"\nResults table {report.outputs['results.csv']} (first rows):")
+    for row in table.select(["ticket_id", "ig1_status", "ig1_label", "ig1_confidence"]
+                            ).slice(0, 5).to_pylist():
+        print("  ", row)
+    print(f"Batch output lines: {report.outputs['results.jsonl']}")
+
+
 def main() -> int:
     with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator, LocalS3() as s3:
         _prepare_environment(emulator, s3)
@@ -98,6 +141,7 @@ def main() -> int:
         page = download_gallery(s3.client(), BUCKET, gallery, Path(".demo/gallery"))
         print(f"\nGallery of the first run (s3://{BUCKET}/{gallery}), with its thumbnails:\n"
               f"  {page.as_uri()}")
+        _run_batch_demo(emulator)
     return 0
 
 

@@ -36,11 +36,19 @@ from prefect.results import ResultStore, get_default_result_storage, get_result_
 from prefect.tasks import Task
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from prefect_ig1.client import Response, ResponsesRequest, StructuredOutputError, parse_structured
+from prefect_ig1.client import (
+    JsonSchemaFormat,
+    Response,
+    ResponsesRequest,
+    StructuredOutputError,
+    json_schema_violation,
+    parse_structured,
+)
 
 __all__ = [
     "CACHE_KEY_PREFIX",
     "ResponseCache",
+    "answer_schema",
     "image_digest",
     "is_cacheable",
     "response_cache_key",
@@ -93,10 +101,23 @@ def response_cache_key(
     return CACHE_KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def is_cacheable(response: Response) -> bool:
-    """Only a whole answer is worth keeping: ``completed``, with text or a parsed value."""
-    return response.status == "completed" and (
-        bool(response.output_text.strip()) or response.parsed is not None)
+def answer_schema(request: ResponsesRequest) -> dict[str, Any] | None:
+    """The JSON Schema the request asks the answer to follow, if any."""
+    fmt = request.text.format if request.text is not None else None
+    return fmt.schema_ if isinstance(fmt, JsonSchemaFormat) else None
+
+
+def is_cacheable(response: Response, *, schema: dict[str, Any] | None = None) -> bool:
+    """Only a whole answer is worth keeping: ``completed``, with text or a parsed value, and
+    valid for ``schema`` when one was asked for (an invalid answer is paid for, but a rerun
+    must ask again rather than be served the same invalid answer)."""
+    if response.status != "completed":
+        return False
+    if response.parsed is not None:
+        return True
+    if not response.output_text.strip():
+        return False
+    return schema is None or json_schema_violation(response.output_text, schema) is None
 
 
 class _CacheEntry(BaseModel):
@@ -168,9 +189,10 @@ class ResponseCache:
             return None
         return entry.response.model_copy(update={"parsed": parsed})
 
-    def put(self, key: str, response: Response) -> bool:
+    def put(self, key: str, response: Response, *,
+            schema: dict[str, Any] | None = None) -> bool:
         """Store ``response`` under ``key`` if it is worth keeping (``is_cacheable``)."""
-        if not is_cacheable(response):
+        if not is_cacheable(response, schema=schema):
             logger.debug("IG1 answer %s not cached (status %s, %d characters)",
                          key, response.status, len(response.output_text))
             return False

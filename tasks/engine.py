@@ -338,7 +338,7 @@ def respond_many(
     with ``model``/``instructions``/``response_format``/``params``, or a ``(key, either)``
     pair; the key defaults to the request's position. A request that is invalid comes back
     as a result with its error; nothing else is lost. Requests are read lazily: at most
-    ~2 x ``max_concurrency`` (or one window) are held at once.
+    ~2 x ``max_concurrency`` (or two windows) are held at once.
     """
     if window_size < 1:
         raise ValueError(f"window_size must be at least 1, got {window_size}")
@@ -369,7 +369,9 @@ def respond_many(
 def _fan_out(jobs: Iterator[_Job], engine: CallEngine, window_size: int) -> Iterator[CallResult]:
     results: queue.Queue[CallResult] = queue.Queue()
     in_flow = FlowRunContext.get() is not None
-    limit = max(2 * engine.max_concurrency, window_size)
+    # Two windows may wait at once: the next one is sent while the last answers of the
+    # current one come in, so the calls never idle on a window's slowest answer.
+    limit = max(2 * engine.max_concurrency, 2 * window_size)
     windows: list[PrefectFuture[int]] = []
     waiting = 0  # submitted, not yet yielded
 

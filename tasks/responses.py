@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import Response, ResponsesRequest, is_transient
 
-from .cache import ResponseCache, response_cache_key
+from .cache import ResponseCache, answer_schema, response_cache_key
 
 __all__ = [
     "PreparedCall",
@@ -229,8 +229,10 @@ async def asend_cached(call: PreparedCall, cache: ResponseCache, *,
 
 def _store(cache: ResponseCache, call: PreparedCall, response: Response) -> None:
     # The answer is paid for: a storage failure costs a later hit, not this answer.
+    # With a pydantic text_format the client has validated the answer already.
+    schema = answer_schema(call.request) if call.text_format is None else None
     try:
-        cache.put(call.cache_key, response)
+        cache.put(call.cache_key, response, schema=schema)
     except Exception as exc:
         logger.warning("IG1 answer not cached under %s (%s: %s)", call.cache_key,
                        type(exc).__name__, exc)

@@ -38,8 +38,10 @@ def watched(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_yaml_declares_schedule_trigger_and_limits(watched: str) -> None:
-    nightly, on_upload = load_deployments(PREFECT_YAML)
+    nightly, on_upload, batch = load_deployments(PREFECT_YAML)
     assert nightly.name == "describe-images-nightly"
+    assert batch.name == "run-batch" and batch.flow_name == "run-batch"
+    assert not batch.schedules and not batch.triggers
     assert nightly.schedules[0].schedule.cron == "0 2 * * *"  # type: ignore[union-attr]
     assert nightly.parameters == {"bucket": watched, "prefix": "incoming/",
                                   "output_prefix": "descriptions/"}
@@ -78,6 +80,9 @@ def test_prefect_deploy_all_registers_them(watched: str) -> None:
         automations = client.read_automations_by_name(
             "describe-images-on-upload__automation_1")
     assert automations and automations[0].actions[0].deployment_id == on_upload.id  # type: ignore[union-attr]
+    with get_client(sync_client=True) as client:
+        batch = client.read_deployment_by_name("run-batch/run-batch")
+    assert batch.work_pool_name == "ig1-process" and not batch.schedules
 
 
 def _serve(env: dict[str, str]) -> subprocess.Popen[str]:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_demo_describes_summarises_and_reruns_for_free(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "IG1AI_", "AWS_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout first
     done = subprocess.run([sys.executable, "-m", "prefect_ig1.sandbox.demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -30,3 +30,8 @@ def test_the_demo_describes_summarises_and_reruns_for_free(tmp_path: Path) -> No
     page = Path(unquote(out.split("Gallery of the first run")[1].split("file://")[1].split()[0]))
     assert page.is_file() and '<li data-s="described">' in page.read_text(encoding="utf-8")
     assert list((tmp_path / ".demo/gallery/descriptions/_thumbs").glob("*.jpg"))
+    batch, batch_rerun = (out.split("== batch, first run: ")[1],
+                          out.split("== batch rerun, nothing changed: ")[1])
+    assert "20 completed" in batch.splitlines()[0] and "20 HTTP call(s)" in batch
+    assert "20 cached" in batch_rerun.splitlines()[0] and "0 HTTP call(s)" in batch_rerun
+    assert "'ig1_label': 'billing'" in out

@@ -175,6 +175,17 @@ def test_only_a_completed_answer_with_text_is_stored(storage: LocalFileSystem,
     assert is_cacheable(answer()) and is_cacheable(answer("", parsed={"x": 1}))
 
 
+def test_an_answer_invalid_for_the_asked_schema_is_not_stored(storage: LocalFileSystem) -> None:
+    """A dict json_schema is not checked by the client: the cache checks before keeping it."""
+    schema = {"type": "object", "properties": {"label": {"type": "string"}},
+              "required": ["label"], "additionalProperties": False}
+    cache = ResponseCache(storage)
+    for text in ('Sure! {"label": "x"', '{"label": 3}', '{"other": "x"}'):
+        assert not is_cacheable(answer(text), schema=schema)
+        assert cache.put("k", answer(text), schema=schema) is False
+    assert cache.put("k", answer('{"label": "x"}'), schema=schema) is True
+
+
 def test_a_planted_pickle_record_is_a_miss_and_never_runs(
         storage: LocalFileSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     credentials = IG1Credentials(api_key=SecretStr("k"), base_url=BASE)
