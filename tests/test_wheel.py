@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL
 
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_NAMES = ("blocks", "tasks", "flows", "deployments", "sandbox", "ig1")

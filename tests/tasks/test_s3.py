@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import pickle
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,22 +54,8 @@ TRICKY_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def local_s3() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client(local_s3: LocalS3) -> S3Client:
     return local_s3.client()
-
-
-@pytest.fixture
-def bucket(client: S3Client) -> str:
-    """A fresh bucket per test: isolation without resetting moto's shared state."""
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    client.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +84,7 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
 
 # --- listing ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_list_objects_pages_past_1000_in_key_order(client: S3Client, many_bucket: str) -> None:
     objects = list(list_objects(client, many_bucket, "many/"))
     assert [o.key for o in objects] == [f"many/{i:05d}.png" for i in range(MANY)]
@@ -108,6 +94,7 @@ def test_list_objects_pages_past_1000_in_key_order(client: S3Client, many_bucket
     assert first.etag == "9dd4e461268c8034f5c8564e155c67a6"  # md5(b"x"), quotes stripped
 
 
+@pytest.mark.slow
 def test_list_objects_is_lazy(local_s3: LocalS3, many_bucket: str) -> None:
     counting = local_s3.client()
     calls: list[str] = []
@@ -122,6 +109,7 @@ def test_list_objects_is_lazy(local_s3: LocalS3, many_bucket: str) -> None:
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 def test_prefix_limits_the_listing(client: S3Client, many_bucket: str) -> None:
     def keys(prefix: str = "") -> list[str]:
         return [o.key for o in list_objects(client, many_bucket, prefix)]
@@ -334,6 +322,7 @@ def test_a_block_config_wins_over_the_defaults(local_s3: LocalS3) -> None:
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
 
 
+@pytest.mark.slow
 def test_the_client_cache_holds_no_secret_and_closes_what_it_evicts(
     local_s3: LocalS3, bucket: str, clean_aws_env: pytest.MonkeyPatch
 ) -> None:
