@@ -147,7 +147,7 @@ class InFlightProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls (DESIGN.md)
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls on small replies
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -1,9 +1,10 @@
 """Server-side trouble mid-run: IG1 down then back on the same port, S3 down then back.
 
-The promises (tests/reliability/GUARANTEES-A.md): an IG1 outage shorter than the retries
-is ridden out; a longer one leaves retryable error records and the run completes; S3
-trouble leaves the images it hit without a new record (never a half or a wrong one);
-in every case the next run finishes the job without paying for an answer twice.
+The promises (README, "Guarantees, and the tests that prove them"): an IG1 outage
+shorter than the retries is ridden out; a longer one leaves retryable error records and
+the run completes; S3 trouble leaves the images it hit without a new record (never a half
+or a wrong one); in every case the next run finishes the job without paying for an
+answer twice.
 """
 
 from __future__ import annotations
