@@ -73,8 +73,11 @@ def test_the_wheel_holds_one_import_name_and_its_prefect_yaml(wheel: Path) -> No
 
 def test_no_module_imports_an_old_top_level_name() -> None:
     pattern = r"^\s*(from|import) (" + "|".join(OLD_NAMES) + r")\b"
-    found = subprocess.run(["git", "grep", "-nE", pattern, "--", "*.py"], cwd=ROOT,
+    # USER_SCRIPT above imports a user's own top-level packages on purpose: not ours.
+    found = subprocess.run(["git", "grep", "-nE", pattern, "--", "*.py",
+                            ":(exclude)tests/test_wheel.py"], cwd=ROOT,
                            capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr  # 1: nothing found; else git failed
     assert found.stdout == "", found.stdout
 
 

@@ -62,8 +62,8 @@ def test_a_killed_run_resumes_without_paying_twice(
     # (the response cache) with this one through the environment.
     command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", str(CONCURRENCY)]
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    process_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    process = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90

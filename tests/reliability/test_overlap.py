@@ -112,8 +112,8 @@ def test_two_processes_at_once_pay_for_few_images_twice(
     env.configure(latency=0.3)  # 48 images at 4 in flight: ~4 s of calls per run
     command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", "4"]
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    process_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    runs = [subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE) for _ in range(2)]
     for run in runs:
         _, errors = run.communicate(timeout=180)
