@@ -27,7 +27,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,6 @@ __all__ = [
     "S3Object",
     "ensure_bucket_exists",
     "is_image_key",
-    "list_keys",
     "list_objects",
     "object_exists",
     "presigned_url",
@@ -143,7 +141,6 @@ class S3Object:
     key: str
     etag: str
     size: int
-    last_modified: datetime
 
 
 def s3_client(aws_credentials: AwsCredentials | None = None) -> S3Client:
@@ -226,14 +223,7 @@ def list_objects(client: S3Client, bucket: str, prefix: str = "") -> Iterator[S3
             key=item["Key"],
             etag=item.get("ETag", "").strip('"'),
             size=item.get("Size", 0),
-            last_modified=item["LastModified"],
         )
-
-
-def list_keys(client: S3Client, bucket: str, prefix: str = "") -> Iterator[str]:
-    """Every key under ``prefix``, in key order, lazily (e.g. the existing records)."""
-    for item in _list_contents(client, bucket, prefix):
-        yield item["Key"]
 
 
 def record_key(output_prefix: str, source_key: str) -> str:

@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL
 
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_NAMES = ("blocks", "tasks", "flows", "deployments", "sandbox", "ig1")
@@ -75,9 +75,12 @@ def test_the_wheel_holds_one_import_name_and_its_prefect_yaml(wheel: Path) -> No
 
 
 def test_no_module_imports_an_old_top_level_name() -> None:
-    pattern = r"^(from|import) (" + "|".join(OLD_NAMES) + r")\b"  # the issue's own check
-    found = subprocess.run(["git", "grep", "-nE", pattern, "--", "*.py"], cwd=ROOT,
+    pattern = r"^\s*(from|import) (" + "|".join(OLD_NAMES) + r")\b"
+    # USER_SCRIPT above imports a user's own top-level packages on purpose: not ours.
+    found = subprocess.run(["git", "grep", "-nE", pattern, "--", "*.py",
+                            ":(exclude)tests/test_wheel.py"], cwd=ROOT,
                            capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr  # 1: nothing found; else git failed
     assert found.stdout == "", found.stdout
 
 

@@ -15,7 +15,7 @@ from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import DEFAULT_BASE_URL, IG1Error
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 
 class TestIG1CredentialsBlock(OfflineBlockStandardTestSuite):
@@ -125,6 +125,7 @@ def test_save_and_load_round_trip() -> None:
         "http://127.0.0.1:1/v1", 7.5, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_registered_with_prefect_block_register() -> None:
     from prefect.settings import PREFECT_API_URL

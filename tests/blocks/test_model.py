@@ -8,7 +8,7 @@ from pydantic import SecretStr, ValidationError
 from prefect_ig1.blocks import DEFAULT_MODEL, IG1Credentials, ResponsesModel
 from prefect_ig1.client import RequestValidationError
 from tests.blocks.offline_suite import OfflineBlockStandardTestSuite
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 
 class TestResponsesModelBlock(OfflineBlockStandardTestSuite):

@@ -1,11 +1,13 @@
-"""moto's S3 + SQS server, queues wired to bucket notifications, and the Prefect API URL.
+"""SQS queues on the session's moto server, wired to bucket notifications, and the Prefect
+API URL.
 
-Everything runs on 127.0.0.1 and is started and stopped here; the Prefect server is the
-session's test harness from ``tests/conftest.py``.
+Everything runs on 127.0.0.1; moto's server, the ``bucket`` fixture and the Prefect server
+(the session's test harness) come from ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
 from collections.abc import Callable
@@ -63,13 +65,6 @@ def queue(make_queue: Callable[..., Queue]) -> Queue:
 
 
 @pytest.fixture
-def bucket(local_s3: LocalS3) -> str:
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    local_s3.client().create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
 def notified_bucket(local_s3: LocalS3, bucket: str, queue: Queue) -> str:
     """A bucket whose ObjectCreated notifications go to ``queue`` (S3 sends a TestEvent first)."""
     local_s3.client().put_bucket_notification_configuration(
@@ -88,3 +83,20 @@ def api_url(prefect_server: None) -> str:
     url = PREFECT_API_URL.value()
     assert url, "the prefect_server fixture sets PREFECT_API_URL"
     return str(url)
+
+
+# test_s3_events.py does not carry the ``slow`` mark yet (it is being reworked elsewhere):
+# until it does, its tests that start a process or a server of their own, sleep or poll
+# are marked here, by what their source calls (the policy is in tests/helpers.py).
+_SLOW_CALLS = ("subprocess.", "time.sleep(", "wait_for(")
+_SLOW_FIXTURES = frozenset({"served_deployment", "refusing_events"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.path.name != "test_s3_events.py":
+            continue
+        source = inspect.getsource(item.function)
+        if any(call in source for call in _SLOW_CALLS) or _SLOW_FIXTURES & set(
+                item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -23,7 +23,7 @@ from prefect_ig1.deployments.serve import PREFECT_YAML, load_deployments
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import sample_images
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW = "describe-s3-images"
@@ -59,6 +59,7 @@ def _deployment(name: str) -> Deployment:
         return client.read_deployment_by_name(f"{FLOW}/{name}")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_prefect_deploy_all_registers_them(watched: str) -> None:
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
@@ -103,6 +104,7 @@ def _wait_final(flow_run_id: uuid.UUID, timeout: float = 90) -> FlowRun:
     raise AssertionError(f"flow run {flow_run_id} did not finish")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
         watched: str, local_s3: LocalS3, emulator: EmulatorServer) -> None:

@@ -50,9 +50,9 @@ from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.tasks.cache import CACHE_KEY_PREFIX, image_digest
 from prefect_ig1.tasks.images import prepare_image
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = "prefect_ig1.flows.describe_images:describe_s3_images"
@@ -147,7 +147,7 @@ class InFlightProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls (DESIGN.md)
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls on small replies
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -38,7 +38,7 @@ from prefect_ig1.sandbox.sample_images import broken_images, large_jpeg, sample_
 from prefect_ig1.tasks import create_response
 from prefect_ig1.tasks.images import prepare_image
 from prefect_ig1.tasks.s3 import BucketNotFound
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY, all_keys, describe_calls, distinct_pngs, put, read_record
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -47,20 +47,10 @@ TRICKY_KEYS = ["with space/été 2024.png", "plus+sign.png", "100%25 real%.png",
                "a/b/c/d/e/f/deep.png", "ünïcødé/图片.png"]
 
 
-@pytest.fixture
-def env(local_s3: LocalS3, ig1_env: EmulatorServer,
-        monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
-    """boto3's default chain and IG1 credentials from the environment, as a user would."""
-    for name, value in local_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return ig1_env
-
-
 @pytest.fixture(autouse=True)
-def fresh_prompt(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A prompt no earlier test used: the response cache is shared by the whole session."""
-    prompt = f"{DEFAULT_PROMPT} [{uuid.uuid4().hex[:8]}]"
-    monkeypatch.setattr("tests.flows.test_describe_images.PROMPT", prompt)
+def fresh_prompt(prompt: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test sends its own prompt (the response cache is shared by the whole session)."""
+    monkeypatch.setattr(sys.modules[__name__], "PROMPT", prompt)
     return prompt
 
 
@@ -72,43 +62,14 @@ def describe(bucket: str, **options: Any) -> Any:
     return describe_s3_images(bucket, prompt=PROMPT, **options)
 
 
-@pytest.fixture
-def bucket(local_s3: LocalS3) -> str:
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    local_s3.client().create_bucket(Bucket=name)
-    return name
-
-
-def put(local_s3: LocalS3, bucket: str, items: list[tuple[str, bytes]], prefix: str = "in/"
-        ) -> None:
-    client = local_s3.client()
-    for name, data in items:
-        client.put_object(Bucket=bucket, Key=prefix + name, Body=data)
-
-
-def record(local_s3: LocalS3, bucket: str, key: str) -> dict[str, Any]:
-    body = local_s3.client().get_object(Bucket=bucket, Key=f"descriptions/{key}.json")["Body"]
-    document: dict[str, Any] = json.loads(body.read())
-    return document
-
-
-def all_keys(local_s3: LocalS3, bucket: str) -> list[str]:
-    pages = local_s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-def describe_calls(emulator: EmulatorServer) -> int:
-    """Calls that described an image (the summary's calls carry no image)."""
-    return sum(1 for body in emulator.stats.received if "input_image" in json.dumps(body))
-
-
+@pytest.mark.slow
 def test_records_carry_every_field(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     import hashlib
 
     name, data = GOOD[1]  # the 1600x1200 JPEG
     put(local_s3, bucket, [(name, data)])
     report = describe(bucket, prefix="in/", max_image_side=800)
-    doc = record(local_s3, bucket, f"in/{name}")
+    doc = read_record(local_s3, bucket, f"in/{name}")
     etag = local_s3.client().head_object(Bucket=bucket, Key=f"in/{name}")["ETag"].strip('"')
     assert doc["source_key"] == f"in/{name}" and doc["source_etag"] == etag
     assert doc["sha256"] == hashlib.sha256(data).hexdigest()
@@ -122,6 +83,7 @@ def test_records_carry_every_field(env: EmulatorServer, local_s3: LocalS3, bucke
     assert report.counts.get("described", 0) == 1 and report.requests == 1
 
 
+@pytest.mark.slow
 def test_every_sample_described_bad_ones_refused_without_a_call(
         env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     bomb = io.BytesIO()
@@ -131,7 +93,7 @@ def test_every_sample_described_bad_ones_refused_without_a_call(
     report = describe(bucket, prefix="in/", max_object_mb=0.25)
     assert report.counts.get("described", 0) == len(GOOD)
     assert describe_calls(env) == len(GOOD)
-    reasons = {name: record(local_s3, bucket, f"in/{name}")["error"]["type"]
+    reasons = {name: read_record(local_s3, bucket, f"in/{name}")["error"]["type"]
                for name, _ in bad}
     truncated, not_image, empty = (name for name, _ in broken_images())
     assert reasons == {truncated: "corrupt", not_image: "not_an_image", empty: "empty",
@@ -139,16 +101,18 @@ def test_every_sample_described_bad_ones_refused_without_a_call(
     assert report.counts["failed"] == len(bad)
 
 
+@pytest.mark.slow
 def test_a_12_megapixel_photo_is_sent_small(env: EmulatorServer, local_s3: LocalS3,
                                             bucket: str) -> None:
     original = large_jpeg()[1]
     put(local_s3, bucket, [("big.jpg", original)])
     describe(bucket, prefix="in/")
-    doc = record(local_s3, bucket, "in/big.jpg")
+    doc = read_record(local_s3, bucket, "in/big.jpg")
     assert max(doc["sent_width"], doc["sent_height"]) == 1024
     assert doc["sent_bytes"] < 0.15 * len(original)
 
 
+@pytest.mark.slow
 def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
         env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     put(local_s3, bucket, GOOD[:4] + broken_images()[:1])
@@ -180,6 +144,7 @@ def record_reads(env: EmulatorServer) -> list[str]:
     events.unregister("provide-client-params.s3.GetObject", unique_id="record-reads")
 
 
+@pytest.mark.slow
 def test_rerun_reads_no_record_thanks_to_the_index(
         env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str]) -> None:
     put(local_s3, bucket, GOOD[:4] + broken_images()[:1])
@@ -190,12 +155,13 @@ def test_rerun_reads_no_record_thanks_to_the_index(
     assert record_reads == ["descriptions/_state/record-index.jsonl.gz"]
 
 
+@pytest.mark.slow
 def test_a_record_rewritten_behind_the_index_is_read_again(
         env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str]) -> None:
     put(local_s3, bucket, GOOD[:2])
     describe(bucket, prefix="in/")
     key = f"in/{GOOD[0][0]}"
-    doc = record(local_s3, bucket, key)
+    doc = read_record(local_s3, bucket, key)
     doc.update(text=None, error={"type": "ServerError", "message": "503", "retryable": True})
     local_s3.client().put_object(Bucket=bucket, Key=f"descriptions/{key}.json",
                                  Body=json.dumps(doc).encode())
@@ -204,9 +170,10 @@ def test_a_record_rewritten_behind_the_index_is_read_again(
     report = describe(bucket, prefix="in/")
     assert report.counts == {"unchanged": 1, "cached": 1}  # retried: from the cache, unpaid
     assert f"descriptions/{key}.json" in record_reads and describe_calls(env) == 0
-    assert record(local_s3, bucket, key)["error"] is None
+    assert read_record(local_s3, bucket, key)["error"] is None
 
 
+@pytest.mark.slow
 def test_an_unreadable_index_only_costs_record_reads(
         env: EmulatorServer, local_s3: LocalS3, bucket: str, record_reads: list[str],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -226,6 +193,7 @@ def test_an_unreadable_index_only_costs_record_reads(
     assert record_reads == [index_key]  # the second rerun has a good index again
 
 
+@pytest.mark.slow
 def test_new_and_changed_images_only(env: EmulatorServer, local_s3: LocalS3,
                                      bucket: str) -> None:
     put(local_s3, bucket, GOOD[:3])
@@ -235,7 +203,7 @@ def test_new_and_changed_images_only(env: EmulatorServer, local_s3: LocalS3,
     report = describe(bucket, prefix="in/")
     assert report.counts == {"unchanged": 2, "described": 2}
     assert describe_calls(env) == 2
-    assert record(local_s3, bucket, f"in/{GOOD[0][0]}")["sha256"] == __import__(
+    assert read_record(local_s3, bucket, f"in/{GOOD[0][0]}")["sha256"] == __import__(
         "hashlib").sha256(GOOD[5][1]).hexdigest()
 
 
@@ -245,12 +213,13 @@ def test_duplicate_image_under_two_keys_is_one_call(env: EmulatorServer, local_s
     put(local_s3, bucket, [("one.jpg", photo), ("deep/copy.jpg", photo)])
     report = describe(bucket, prefix="in/", max_concurrency=4)
     assert describe_calls(env) == 1
-    docs = [record(local_s3, bucket, key) for key in ("in/one.jpg", "in/deep/copy.jpg")]
+    docs = [read_record(local_s3, bucket, key) for key in ("in/one.jpg", "in/deep/copy.jpg")]
     assert docs[0]["text"] == docs[1]["text"] and sorted(d["cached"] for d in docs) == [
         False, True]
     assert report.counts == {"described": 1, "cached": 1}
 
 
+@pytest.mark.slow
 def test_create_response_and_the_flow_share_one_cache(env: EmulatorServer, local_s3: LocalS3,
                                                       bucket: str) -> None:
     name, data = GOOD[2]
@@ -262,9 +231,10 @@ def test_create_response_and_the_flow_share_one_cache(env: EmulatorServer, local
     assert env.stats.requests == 1
     put(local_s3, bucket, [(name, data)])
     describe(bucket, prefix="in/")
-    assert describe_calls(env) == 1 and record(local_s3, bucket, f"in/{name}")["cached"]
+    assert describe_calls(env) == 1 and read_record(local_s3, bucket, f"in/{name}")["cached"]
 
 
+@pytest.mark.slow
 def test_listing_past_1000_keys_counts_skips(env: EmulatorServer, local_s3: LocalS3,
                                              bucket: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
@@ -279,14 +249,16 @@ def test_listing_past_1000_keys_counts_skips(env: EmulatorServer, local_s3: Loca
     assert report.counts.get("described", 0) == 2
 
 
+@pytest.mark.slow
 def test_tricky_keys_round_trip(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     put(local_s3, bucket, [(key, GOOD[0][1]) for key in TRICKY_KEYS])
     report = describe(bucket, prefix="in/")
     for key in TRICKY_KEYS:
-        assert record(local_s3, bucket, f"in/{key}")["source_key"] == f"in/{key}"
+        assert read_record(local_s3, bucket, f"in/{key}")["source_key"] == f"in/{key}"
     assert report.counts == {"described": 1, "cached": len(TRICKY_KEYS) - 1}
 
 
+@pytest.mark.slow
 def test_output_prefix_inside_the_source_prefix_is_skipped(
         env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     put(local_s3, bucket, GOOD[:2], prefix="")
@@ -320,6 +292,7 @@ def test_concurrency_defaults_from_usage(env: EmulatorServer, local_s3: LocalS3,
     assert describe(bucket, prefix="in/").max_concurrency == 5
 
 
+@pytest.mark.slow
 def test_global_concurrency_limit_is_shared(env: EmulatorServer, local_s3: LocalS3,
                                            bucket: str) -> None:
     name = f"ig1-{uuid.uuid4().hex[:8]}"
@@ -342,6 +315,7 @@ def test_auth_failure_stops_at_once(env: EmulatorServer, local_s3: LocalS3,
     assert env.stats.requests <= 3
 
 
+@pytest.mark.slow
 def test_wrong_key_fails_before_any_description(env: EmulatorServer, local_s3: LocalS3,
                                                 bucket: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -353,9 +327,10 @@ def test_wrong_key_fails_before_any_description(env: EmulatorServer, local_s3: L
     assert env.stats.requests == 0
 
 
+@pytest.mark.slow
 def test_budget_stop_within_the_concurrency_bound(env: EmulatorServer, local_s3: LocalS3,
                                                   bucket: str) -> None:
-    distinct = [(f"p{i}.png", _solid_png(i)) for i in range(40)]
+    distinct = distinct_pngs(40)
     put(local_s3, bucket, distinct)
     env.configure(budget_requests=5, latency=0.02)
     state = describe(bucket, prefix="in/", max_concurrency=4, return_state=True)
@@ -374,9 +349,10 @@ def test_budget_stop_within_the_concurrency_bound(env: EmulatorServer, local_s3:
     assert again.counts.get("unchanged") == 5 and again.counts.get("described", 0) == 35
 
 
+@pytest.mark.slow
 def test_summary_map_reduces_past_one_prompt(env: EmulatorServer, local_s3: LocalS3,
                                              bucket: str) -> None:
-    put(local_s3, bucket, [(f"p{i}.png", _solid_png(100 + i)) for i in range(12)])
+    put(local_s3, bucket, distinct_pngs(12))
     report = describe(bucket, prefix="in/", summary_chunk_chars=600)
     assert report.summary_calls > 2
     summary = local_s3.client().get_object(
@@ -386,6 +362,7 @@ def test_summary_map_reduces_past_one_prompt(env: EmulatorServer, local_s3: Loca
     assert prompts and all(len(b["input"]) <= 600 for b in prompts)
 
 
+@pytest.mark.slow
 def test_artifacts_and_no_key_anywhere(env: EmulatorServer, local_s3: LocalS3, bucket: str,
                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -423,12 +400,12 @@ def test_fail_on_item_errors(env: EmulatorServer, local_s3: LocalS3, bucket: str
     assert state.is_failed()
 
 
+@pytest.mark.slow
 def test_command_line(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
     # Images no other test sends with the default prompt (the cache is session-wide).
-    put(local_s3, bucket, [("a.png", _solid_png(7001)), ("b.png", _solid_png(7002))],
-        prefix="cli/")
+    put(local_s3, bucket, distinct_pngs(2), prefix="cli/")
     done = subprocess.run(
         [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
          "--prefix", "cli/"],
@@ -438,13 +415,6 @@ def test_command_line(env: EmulatorServer, local_s3: LocalS3, bucket: str) -> No
     report = json.loads(done.stdout[done.stdout.index("{"):])
     assert report["counts"] == {"described": 2}
     assert TEST_KEY not in done.stdout + done.stderr
-
-
-def _solid_png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (seed % 256, (seed * 7) % 256, (seed * 13) % 256)).save(
-        buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_a_run_over_budget_warns(env: EmulatorServer, local_s3: LocalS3, bucket: str,

@@ -35,8 +35,7 @@ from prefect_ig1.client import (
 )
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.sample_images import sample_images
-from tests.conftest import TEST_KEY
-from tests.ig1.test_request import EVERY_PARAMETER
+from tests.helpers import EVERY_PARAMETER, TEST_KEY
 
 
 class Animal(BaseModel):

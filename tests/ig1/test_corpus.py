@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from prefect_ig1 import client as ig1
 from prefect_ig1.blocks import IG1Credentials
 from prefect_ig1.client import IG1Error, build_request
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 CORPUS = json.loads((Path(__file__).parent / "corpus" / "real_servers.json").read_text())
 CASES: list[dict[str, Any]] = CORPUS["cases"]

@@ -24,7 +24,7 @@ from prefect_ig1.client import (
     build_request,
 )
 from prefect_ig1.sandbox.emulator import EmulatorServer
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 
 @pytest.fixture
@@ -123,6 +123,7 @@ def test_cut_body_is_retried_but_unfit_json_is_not(client: IG1Client,
     assert isinstance(cut.value, MalformedResponseError) and TEST_KEY not in str(cut.value)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 @pytest.mark.parametrize("stream", [False, True])
 def test_create_response_never_caches_a_failed_reply(credentials: IG1Credentials,

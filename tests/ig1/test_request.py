@@ -16,29 +16,7 @@ from prefect_ig1.client import (
     ResponsesRequest,
     build_request,
 )
-
-EVERY_PARAMETER = {
-    "instructions": "Be brief.",
-    "stream": False,
-    "temperature": 0.7,
-    "top_p": 0.9,
-    "max_output_tokens": 256,
-    "use_beam_search": False,
-    "top_k": 40,
-    "min_p": 0.05,
-    "repetition_penalty": 1.1,
-    "length_penalty": 1.0,
-    "stop_token_ids": [2, 7],
-    "include_stop_str_in_output": True,
-    "ignore_eos": False,
-    "min_tokens": 3,
-    "skip_special_tokens": True,
-    "spaces_between_special_tokens": False,
-    "truncate_prompt_tokens": 2048,
-    "prompt_logprobs": 1,
-    "allowed_token_ids": [0, 1, 2, 3, 4, 5],
-    "bad_words": ["darn"],
-}
+from tests.helpers import EVERY_PARAMETER
 
 
 def png_bytes(size: tuple[int, int] = (4, 3)) -> bytes:

@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.records import ImageRecord
 from prefect_ig1.sandbox import sample_images as samples
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.reliability.helpers_b import (
+from tests.helpers import (
     describe_calls,
     distinct_pngs,
     put,
-    records,
+    read_records,
     run_outputs,
     sent_image,
 )
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 MAX_OBJECT_MB = 1.5
 HUGE = ("huge_video.png", b"\x00" * (2 * 1024 * 1024))  # over MAX_OBJECT_MB, not an image
@@ -58,9 +58,9 @@ def corpus() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
     good = [
         *samples.sample_images(),  # PNG, JPEG, RGBA, animated GIF, WebP, CMYK, EXIF, 16-bit, P
         samples.flat_image(10_000, 8_000),  # 80 MP: under Pillow's cap, sent downscaled
-        ("png_named.jpg", distinct_pngs(1, 9100)[0][1]),
+        ("png_named.jpg", distinct_pngs(1, seed=9100)[0][1]),
         *[(key, data) for key, (_, data) in
-          zip(TRICKY_KEYS, distinct_pngs(len(TRICKY_KEYS), 9200), strict=True)],
+          zip(TRICKY_KEYS, distinct_pngs(len(TRICKY_KEYS), seed=9200), strict=True)],
     ]
     return ([(f"bad/{name}", data) for name, data in bad],
             [(f"ok/{name}", data) for name, data in good])
@@ -82,19 +82,19 @@ def test_every_bad_object_gets_a_clear_error_record_and_the_run_goes_on(
     assert report.listed == len(bad) + len(good) and report.skipped == {}
     assert report.counts == {"described": len(good), "failed": len(bad)}
 
-    found = records(local_s3, bucket)
+    found = read_records(local_s3, bucket)
     assert set(found) == {key for key, _ in bad + good}  # exactly one record per object
     for key, _ in bad:
         error_type, words = REFUSED[key.removeprefix("bad/")]
         doc = found[key]
-        assert doc["text"] is None and doc["error"]["type"] == error_type, (key, doc["error"])
-        message = doc["error"]["message"].lower()
+        assert doc.text is None and doc.error.type == error_type, (key, doc.error)
+        message = doc.error.message.lower()
         assert all(word in message for word in words), (key, message)
-        assert doc["error"]["retryable"] is False  # the object must change first
+        assert doc.error.retryable is False  # the object must change first
     for key, _ in good:
         doc = found[key]
-        assert doc["error"] is None and doc["text"].startswith("Echo: "), (key, doc)
-        assert max(doc["sent_width"], doc["sent_height"]) <= 1024
+        assert doc.error is None and doc.text.startswith("Echo: "), (key, doc)
+        assert max(doc.sent_width, doc.sent_height) <= 1024
 
     folder = report.outputs["run.json"].split("/")[-2]
     manifest = [json.loads(line) for line in
@@ -110,7 +110,7 @@ def test_every_bad_object_gets_a_clear_error_record_and_the_run_goes_on(
     assert env.stats.requests == before
 
 
-def _sent_as_converted(emulator: EmulatorServer, found: dict[str, dict[str, Any]]) -> None:
+def _sent_as_converted(emulator: EmulatorServer, found: dict[str, ImageRecord]) -> None:
     """What reached the API: the first frame of a GIF, RGB from CMYK and 16-bit, downscaled."""
     gif = samples.animated_gif()[1]
     frames = []
@@ -137,5 +137,5 @@ def _sent_as_converted(emulator: EmulatorServer, found: dict[str, dict[str, Any]
     assert high - low > 200  # the 16-bit gradient survives (a naive conversion clips to white)
 
     big = found["ok/flat_10000x8000.jpg"]
-    assert (big["sent_width"], big["sent_height"]) == (1024, 819)
+    assert (big.sent_width, big.sent_height) == (1024, 819)
     assert sent_image(emulator, big).size == (1024, 819)

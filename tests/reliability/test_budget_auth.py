@@ -23,13 +23,13 @@ from prefect.client.schemas.filters import (
 
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError
 from prefect_ig1.flows import describe_s3_images
+from prefect_ig1.flows.records import ImageRecord
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.tasks import CallEngine
-from tests.reliability import helpers_b
-from tests.reliability.helpers_b import distinct_pngs, put, records, run_outputs
+from tests.helpers import all_keys, distinct_pngs, put, read_records, run_outputs
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 IMAGES = 24
 CONCURRENCY = 4
@@ -53,10 +53,10 @@ def _run(bucket: str, prompt: str, concurrency: int = CONCURRENCY) -> Any:
                               retry_delay_seconds=0, return_state=True)
 
 
-def _by_outcome(found: dict[str, dict[str, Any]]) -> dict[str, int]:
+def _by_outcome(found: dict[str, ImageRecord]) -> dict[str, int]:
     outcome: dict[str, int] = {}
     for doc in found.values():
-        name = "described" if doc["text"] else doc["error"]["type"]
+        name = "described" if doc.text else doc.error.type
         outcome[name] = outcome.get(name, 0) + 1
     return outcome
 
@@ -75,7 +75,7 @@ def test_budget_402_stops_sending_within_the_concurrency_bound_and_says_so(
         env: EmulatorServer, local_s3: LocalS3, bucket: str, prompt: str, concurrency: int,
         slow_stop: None) -> None:
     budget = 6
-    put(local_s3, bucket, distinct_pngs(IMAGES, 9300))
+    put(local_s3, bucket, distinct_pngs(IMAGES, seed=9300))
     env.configure(budget_requests=budget, latency=0.02)
 
     state = _run(bucket, prompt, concurrency)
@@ -89,9 +89,9 @@ def test_budget_402_stops_sending_within_the_concurrency_bound_and_says_so(
     assert stats.responses_ok == budget and stats.requests == budget + refused
     not_attempted = IMAGES - budget - refused
 
-    found = records(local_s3, bucket)
+    found = read_records(local_s3, bucket)
     assert _by_outcome(found) == {"described": budget, "BudgetExhaustedError": refused}
-    assert all(doc["error"]["retryable"] for doc in found.values() if doc["error"])
+    assert all(doc.error.retryable for doc in found.values() if doc.error)
 
     run = json.loads(_outputs(local_s3, bucket)["run.json"])
     assert run["counts"] == {"described": budget, "failed": refused,
@@ -116,7 +116,7 @@ def test_refused_credentials_stop_at_once_with_one_clear_error(
         env: EmulatorServer, local_s3: LocalS3, bucket: str, prompt: str, status: int,
         after: int, slow_stop: None, caplog: pytest.LogCaptureFixture) -> None:
     """401 after 5 calls (a key revoked mid-run) or 403 on the first (an inactive key)."""
-    put(local_s3, bucket, distinct_pngs(IMAGES, 9400))
+    put(local_s3, bucket, distinct_pngs(IMAGES, seed=9400))
     env.configure(latency=0.02)
     if status == 401:
         env.configure(revoke_key_after=after)
@@ -135,7 +135,7 @@ def test_refused_credentials_stop_at_once_with_one_clear_error(
     assert 1 <= refused <= CONCURRENCY  # the first refusal, plus at most those in flight
     assert stats.responses_ok == after and stats.requests == after + refused
 
-    found = records(local_s3, bucket)
+    found = read_records(local_s3, bucket)
     assert _by_outcome(found) == ({"described": after} if after else {}) | {
         "AuthenticationError": refused}
     run = json.loads(_outputs(local_s3, bucket)["run.json"])
@@ -153,7 +153,7 @@ def test_refused_credentials_stop_at_once_with_one_clear_error(
 
 def _outputs(local_s3: LocalS3, bucket: str) -> dict[str, str]:
     """The outputs of the bucket's only run."""
-    runs = {key.split("/")[2] for key in helpers_b.all_keys(local_s3, bucket)
+    runs = {key.split("/")[2] for key in all_keys(local_s3, bucket)
             if key.startswith("descriptions/_runs/")}
     assert len(runs) == 1, runs
     return run_outputs(local_s3, bucket, runs.pop())

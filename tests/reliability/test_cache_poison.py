@@ -14,7 +14,6 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,11 @@ from prefect.settings import PREFECT_DEFAULT_RESULT_STORAGE_BLOCK, temporary_set
 from prefect_aws import AwsCredentials, S3Bucket
 
 from prefect_ig1.flows import describe_s3_images
-from prefect_ig1.flows.records import ImageRecord
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.reliability.conftest import distinct_pngs
-from tests.tasks.test_cache import pickled_record
+from tests.helpers import distinct_pngs, pickled_record, put, read_records
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 IMAGES = 6
 CACHE_RECORDS = "ig1-response-"  # every version of the key
@@ -48,11 +45,9 @@ def shared_result_storage(local_s3: LocalS3) -> str:
 
 def test_a_poisoned_shared_cache_runs_nothing_and_every_image_is_described_again(
         env: EmulatorServer, local_s3: LocalS3, shared_result_storage: str,
-        bucket_with_images: Callable[..., str],
-        read_records: Callable[..., dict[str, ImageRecord]],
-        prompt: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        bucket: str, prompt: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     s3, results = local_s3.client(), shared_result_storage
-    bucket = bucket_with_images(distinct_pngs(IMAGES))
+    put(local_s3, bucket, distinct_pngs(IMAGES))
     marker = tmp_path / "marker"
 
     def cache_keys() -> list[str]:
@@ -78,7 +73,7 @@ def test_a_poisoned_shared_cache_runs_nothing_and_every_image_is_described_again
     assert not marker.exists(), "a planted cache record ran code"
     assert second.counts == {"described": IMAGES}
     assert env.stats.image_responses_ok - paid == IMAGES
-    described = read_records(bucket)
+    described = read_records(local_s3, bucket)
     assert len(described) == IMAGES
     assert all(r.text and not r.cached and r.error is None for r in described.values())
     warned = Counter(key for record in caplog.records if record.levelno == logging.WARNING

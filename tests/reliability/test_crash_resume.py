@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 from prefect.settings import PREFECT_API_URL
@@ -28,11 +27,9 @@ from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.tasks import create_response, prepare_call
 from prefect_ig1.tasks.cache import ResponseCache
 from prefect_ig1.tasks.images import prepare_image
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY, distinct_pngs, put, read_records
 
-from .conftest import distinct_pngs
-
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 IMAGES = 40
 CONCURRENCY = 4
@@ -52,11 +49,10 @@ def request_identity(data: bytes, base_url: str) -> tuple[str, str]:
 
 
 def test_a_killed_run_resumes_without_paying_twice(
-        flow_env: EmulatorServer, local_s3: LocalS3, bucket_with_images: Callable[..., str],
-        read_records: Callable[..., dict]) -> None:
-    emulator = flow_env
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    emulator = env
     images = distinct_pngs(IMAGES)  # new pixels: nothing cached yet, whatever ran before
-    bucket = bucket_with_images(images)
+    put(local_s3, bucket, images)
     identity = {f"in/{name}": request_identity(data, emulator.base_url)
                 for name, data in images}
     emulator.configure(latency=LATENCY)
@@ -66,8 +62,8 @@ def test_a_killed_run_resumes_without_paying_twice(
     # (the response cache) with this one through the environment.
     command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", str(CONCURRENCY)]
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    process_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    process = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
@@ -89,7 +85,7 @@ def test_a_killed_run_resumes_without_paying_twice(
     assert process.returncode == -signal.SIGKILL
 
     # What the killed run left: whole records, each with its response in the cache.
-    at_kill = read_records(bucket)
+    at_kill = read_records(local_s3, bucket)
     cache = ResponseCache.for_task(create_response)
     cached = {key for key, (cache_key, _) in identity.items() if cache.get(cache_key)}
     assert at_kill and len(at_kill) < IMAGES
@@ -118,7 +114,7 @@ def test_a_killed_run_resumes_without_paying_twice(
     assert repeats <= CONCURRENCY
     assert stats.image_responses_ok == IMAGES + repeats
 
-    final = read_records(bucket)
+    final = read_records(local_s3, bucket)
     assert set(final) == set(identity)
     assert all(r.text and r.error is None for r in final.values())
     print(f"\ncrash: killed after {paid_before} paid ({in_flight_at_kill} in flight), "

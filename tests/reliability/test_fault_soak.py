@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 from pydantic import SecretStr
@@ -18,9 +17,8 @@ from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
 from prefect_ig1.sandbox.emulator import EmulatorServer
-from tests.conftest import TEST_KEY
-
-from .conftest import distinct_pngs
+from prefect_ig1.sandbox.local_s3 import LocalS3
+from tests.helpers import TEST_KEY, distinct_pngs, put, read_records
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
@@ -39,11 +37,10 @@ SEED = 3
 
 
 def test_every_image_described_once_under_a_fifth_of_requests_failing(
-        flow_env: EmulatorServer, bucket_with_images: Callable[..., str],
-        read_records: Callable[..., dict]) -> None:
-    emulator = flow_env
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
+    emulator = env
     images = distinct_pngs(IMAGES, seed=20_260_701)
-    bucket = bucket_with_images(images)
+    put(local_s3, bucket, images)
     emulator.configure(fault_rate=FAULT_RATE, fault_mix=FAULT_MIX, fault_seed=SEED,
                        retry_after=1.0)  # 429s say "Retry-After: 1"
     emulator.fail_next("hang")  # one request hangs 30 s, far past the client's timeout
@@ -56,7 +53,7 @@ def test_every_image_described_once_under_a_fifth_of_requests_failing(
     elapsed = time.monotonic() - started
 
     # Every good image described, one record each, all whole.
-    records = read_records(bucket)
+    records = read_records(local_s3, bucket)
     assert set(records) == {f"in/{name}" for name, _ in images}
     assert all(r.text and r.error is None and not r.cached for r in records.values())
     assert report.counts == {"described": IMAGES}

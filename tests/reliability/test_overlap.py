@@ -24,8 +24,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.reliability import conftest
-from tests.reliability.helpers_b import describe_calls, distinct_pngs, put, records, run_outputs
+from tests.helpers import describe_calls, distinct_pngs, put, read_records, run_outputs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -45,12 +44,12 @@ def _together(*runs: Callable[[], Any]) -> list[Any]:
 
 
 def _check_records(local_s3: LocalS3, bucket: str, images: list[tuple[str, bytes]]) -> None:
-    found = records(local_s3, bucket)  # each one parses and validates as an ImageRecord
+    found = read_records(local_s3, bucket)  # each one parses and validates as an ImageRecord
     assert set(found) == {f"in/{name}" for name, _ in images}  # one per image, no strays
     for name, data in images:
         doc = found[f"in/{name}"]
-        assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["error"] is None
-        assert doc["text"].startswith("Echo: ")
+        assert doc.sha256 == hashlib.sha256(data).hexdigest() and doc.error is None
+        assert doc.text is not None and doc.text.startswith("Echo: ")
 
 
 @pytest.mark.slow
@@ -60,7 +59,7 @@ def test_two_runs_at_once_write_one_valid_record_per_image_and_pay_once(
         same_name: bool) -> None:
     """Also with one flow-run name for both (a templated ``flow_run_name``): the runs are told
     apart by their ids."""
-    images = distinct_pngs(IMAGES, 9600)
+    images = distinct_pngs(IMAGES, seed=9600)
     put(local_s3, bucket, images)
     env.configure(latency=0.5)  # 24 images at 4 in flight: ~3 s
     flow = describe_s3_images.with_options(flow_run_name="nightly") if same_name else (
@@ -104,26 +103,25 @@ def _overlap_seconds(states: list[Any]) -> float:
 
 @pytest.mark.slow
 def test_two_processes_at_once_pay_for_few_images_twice(
-        flow_env: EmulatorServer, local_s3: LocalS3, bucket_with_images: Callable[..., str],
-        read_records: Callable[..., dict[str, Any]]) -> None:
+        env: EmulatorServer, local_s3: LocalS3, bucket: str) -> None:
     """The realistic overlap: a nightly and an upload-triggered run, each in a process of
     its own, sharing only S3 and the response cache. Each run shuffles what it lists, so
     the later one mostly finds answers in the cache: well under two runs' cost."""
-    images = conftest.distinct_pngs(48)
-    bucket = bucket_with_images(images)
-    flow_env.configure(latency=0.3)  # 48 images at 4 in flight: ~4 s of calls per run
+    images = distinct_pngs(48)
+    put(local_s3, bucket, images)
+    env.configure(latency=0.3)  # 48 images at 4 in flight: ~4 s of calls per run
     command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", "4"]
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    process_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    runs = [subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE) for _ in range(2)]
     for run in runs:
         _, errors = run.communicate(timeout=180)
         assert run.returncode == 0, errors.decode()[-3000:]
 
-    stats = flow_env.stats
+    stats = env.stats
     assert stats.max_in_flight_seen > 4  # both processes were sending at the same time
-    found = read_records(bucket)
+    found = read_records(local_s3, bucket)
     assert set(found) == {f"in/{name}" for name, _ in images}
     assert all(record.text and record.error is None for record in found.values())
     # Unshuffled, both runs walk the keys in the same order and pay ~2x (96 here);

@@ -20,8 +20,7 @@ from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows import progress as progress_module
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-
-from .conftest import distinct_pngs
+from tests.helpers import distinct_pngs
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 

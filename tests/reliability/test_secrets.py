@@ -43,7 +43,7 @@ from prefect_ig1.sandbox import sample_images as samples
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.tasks import create_response
-from tests.reliability.helpers_b import all_keys, distinct_pngs, put, s3
+from tests.helpers import all_keys, distinct_pngs, put, s3_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -107,9 +107,9 @@ def test_the_key_appears_nowhere_but_in_the_header(
     caplog.set_level(logging.DEBUG)
     emulator = canary_env
     credentials = IG1Credentials(api_key=SecretStr(CANARY), base_url=emulator.base_url)
-    put(local_s3, bucket, distinct_pngs(6, 9700) + samples.broken_images(), prefix="a/")
-    put(local_s3, bucket, distinct_pngs(12, 9720), prefix="b/")
-    put(local_s3, bucket, distinct_pngs(12, 9740), prefix="c/")
+    put(local_s3, bucket, distinct_pngs(6, seed=9700) + samples.broken_images(), prefix="a/")
+    put(local_s3, bucket, distinct_pngs(12, seed=9720), prefix="b/")
+    put(local_s3, bucket, distinct_pngs(12, seed=9740), prefix="c/")
     states: list[Any] = []
     errors: list[BaseException] = []
 
@@ -193,7 +193,7 @@ def _s3_dump(local_s3: LocalS3, bucket: str) -> bytes:
     assert any(k.endswith(".gz") for k in keys)
 
     def body(key: str) -> bytes:
-        data = s3(local_s3).get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = s3_of(local_s3).get_object(Bucket=bucket, Key=key)["Body"].read()
         return gzip.decompress(data) if key.endswith(".gz") else data
 
     return b"\n".join(key.encode() + b"\n" + body(key) for key in keys)

@@ -1,9 +1,10 @@
 """Server-side trouble mid-run: IG1 down then back on the same port, S3 down then back.
 
-The promises (tests/reliability/GUARANTEES-A.md): an IG1 outage shorter than the retries
-is ridden out; a longer one leaves retryable error records and the run completes; S3
-trouble leaves the images it hit without a new record (never a half or a wrong one);
-in every case the next run finishes the job without paying for an answer twice.
+The promises (README, "Guarantees, and the tests that prove them"): an IG1 outage
+shorter than the retries is ridden out; a longer one leaves retryable error records and
+the run completes; S3 trouble leaves the images it hit without a new record (never a half
+or a wrong one); in every case the next run finishes the job without paying for an
+answer twice.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows.records import ImageRecord
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY, distinct_pngs, put, read_records
 
-from .conftest import distinct_pngs
-
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 IMAGES = 60
 CONCURRENCY = 4
@@ -79,13 +78,12 @@ def profile(server: EmulatorServer) -> ResponsesModel:
                          ids=["shorter-than-retries", "longer-than-retries"])
 def test_ig1_down_then_back_on_the_same_port(
         local_s3: LocalS3, own_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
-        bucket_with_images: Callable[..., str], read_records: Callable[..., dict],
-        down_for: float, retry_delay: float) -> None:
+        bucket: str, down_for: float, retry_delay: float) -> None:
     for name, value in local_s3.env().items():
         monkeypatch.setenv(name, value)
     emulator = own_emulator
     images = distinct_pngs(IMAGES)
-    bucket = bucket_with_images(images)
+    put(local_s3, bucket, images)
     options: dict[str, Any] = {"prefix": "in/", "model": profile(emulator),
                                "max_concurrency": CONCURRENCY,
                                "retry_delay_seconds": retry_delay}
@@ -93,7 +91,7 @@ def test_ig1_down_then_back_on_the_same_port(
                 emulator.stop, emulator.start, down_for):
         first = describe_s3_images(bucket, **options)
 
-    records = read_records(bucket)
+    records = read_records(local_s3, bucket)
     assert set(records) == {f"in/{name}" for name, _ in images}  # every image has one
     failed = {key: r for key, r in records.items() if r.error}
     assert first.counts.get("failed", 0) == len(failed)
@@ -109,7 +107,7 @@ def test_ig1_down_then_back_on_the_same_port(
     second = describe_s3_images(bucket, **options)
     assert second.counts == {key: n for key, n in {
         "unchanged": IMAGES - len(failed), "described": len(failed)}.items() if n}
-    final = read_records(bucket)
+    final = read_records(local_s3, bucket)
     assert all(r.text and r.error is None for r in final.values()) and len(final) == IMAGES
     stats = emulator.stats
     # A reply cut by the shutdown may be paid again: at most one per call slot.
@@ -122,13 +120,12 @@ def test_ig1_down_then_back_on_the_same_port(
 @pytest.mark.parametrize(("down_for", "retry_delay"), [(2.0, 3.0), (2.5, 1.0)],
                          ids=["shorter-than-retries", "longer-than-retries"])
 def test_s3_down_then_back_leaves_no_half_or_wrong_record(
-        flow_env: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
-        bucket_with_images: Callable[..., str], read_records: Callable[..., dict],
-        down_for: float, retry_delay: float) -> None:
-    emulator = flow_env
+        env: EmulatorServer, local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch,
+        bucket: str, down_for: float, retry_delay: float) -> None:
+    emulator = env
     emulator.configure(latency=0.1)
     images = distinct_pngs(IMAGES)
-    bucket = bucket_with_images(images)  # on the session's moto; same state on any port
+    put(local_s3, bucket, images)  # on the session's moto; same state on any port
     options: dict[str, Any] = {"prefix": "in/", "max_concurrency": CONCURRENCY,
                                "retry_delay_seconds": retry_delay}
     with LocalS3() as s3:  # a server of this test's own, which it may stop and start
@@ -144,7 +141,7 @@ def test_s3_down_then_back_leaves_no_half_or_wrong_record(
         paid_first = emulator.stats.image_responses_ok
 
         # The images S3 failed on twice have no record at all; the others a whole, good one.
-        records = read_records(bucket)
+        records = read_records(local_s3, bucket)
         assert all(r.text and r.error is None for r in records.values())
         hit = IMAGES - len(records)
         assert report.counts.get("failed", 0) == hit
@@ -160,7 +157,7 @@ def test_s3_down_then_back_leaves_no_half_or_wrong_record(
         assert len(failures) == hit and all(f["error"]["retryable"] for f in failures)
 
         second = describe_s3_images(bucket, **options)
-    final = read_records(bucket)
+    final = read_records(local_s3, bucket)
     assert set(final) == {f"in/{name}" for name, _ in images}
     assert all(isinstance(r, ImageRecord) and r.text for r in final.values())
     # Answers paid before S3 failed were cached: nothing is paid twice, and the rerun

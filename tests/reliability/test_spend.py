@@ -21,10 +21,7 @@ from prefect_ig1.flows.spend import OverBudget
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.tasks.ledger import SpendCapReached
-from tests.conftest import TEST_KEY
-
-from .conftest import distinct_pngs
-from .helpers_b import describe_calls, run_outputs
+from tests.helpers import TEST_KEY, describe_calls, distinct_pngs, run_outputs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -20,19 +19,7 @@ from PIL import Image
 
 from prefect_ig1.sandbox.emulator import FAULT_KINDS, EmulatorServer
 from prefect_ig1.sandbox.sample_images import broken_images, sample_images, small_png
-
-MODEL = "qwen35-397b-a17b-instruct-general"
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def image_input(data: bytes, text: str = "Describe this image", detail: str | None = "auto") -> Any:
-    part: dict[str, Any] = {"type": "input_image", "image_url": data_url(data)}
-    if detail is not None:
-        part["detail"] = detail
-    return [{"role": "user", "content": [{"type": "input_text", "text": text}, part]}]
+from tests.helpers import MODEL, image_input
 
 
 def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -492,6 +479,7 @@ def test_listening_socket_has_tcp_nodelay(emulator: EmulatorServer, client: http
     # benchmarks/, not asserted here.
 
 
+@pytest.mark.slow
 def test_stop_is_prompt_while_a_request_hangs() -> None:
     server = EmulatorServer(hang_seconds=30).start()
     server.fail_next("hang")
@@ -509,6 +497,7 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
         assert future.result(timeout=10).status_code == 504
 
 
+@pytest.mark.slow
 def test_cli_serves_until_terminated() -> None:
     command = [sys.executable, "-m", "prefect_ig1.sandbox.emulator"]
     command += ["--port", "0", "--api-key", "k", "--shape", "text"]

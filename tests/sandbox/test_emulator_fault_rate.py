@@ -12,7 +12,7 @@ import pytest
 from prefect_ig1.sandbox._settings import TRANSIENT_MIX, parse_mix
 from prefect_ig1.sandbox.emulator import EmulatorServer, _parser
 from prefect_ig1.sandbox.sample_images import small_png
-from tests.sandbox.test_emulator import MODEL, image_input
+from tests.helpers import MODEL, image_input
 
 
 def outcome(client: httpx.Client, body: dict[str, object]) -> str:
@@ -115,6 +115,7 @@ def test_counters_tell_descriptions_and_repeat_payments_apart(
     assert emulator.stats.repeat_responses_ok == 3
 
 
+@pytest.mark.slow
 def test_restart_serves_the_same_port_with_the_same_state() -> None:
     server = EmulatorServer(latency=0.0).start()
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from prefect_ig1.tasks.cache import (
     is_cacheable,
     response_cache_key,
 )
+from tests.helpers import pickled_record
 
 BASE = "http://127.0.0.1:1/v1"
 PHOTO = sample_images()[1][1]
@@ -105,28 +105,6 @@ def test_the_api_key_is_not_in_the_key_and_does_not_change_it() -> None:
 
 def answer(text: str = "hello", **fields: object) -> Response:
     return Response.model_validate({"id": "r1", "output_text": text, "output": [], **fields})
-
-
-class RunsShell:
-    """Unpickling this runs a shell command, as a planted record's payload would."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (self.command,))
-
-
-def pickled_record(key: str, marker: Path) -> bytes:
-    """A real Prefect result record, serializer ``pickle``, whose payload touches ``marker``."""
-    from prefect.results import ResultRecord, ResultRecordMetadata
-    from prefect.serializers import PickleSerializer
-
-    record = ResultRecord(result=RunsShell(f"touch {marker}"), metadata=ResultRecordMetadata(
-        serializer=PickleSerializer(), storage_key=key, expiration=None))
-    content = record.serialize()
-    assert json.loads(content)["metadata"]["serializer"]["type"] == "pickle"
-    return content
 
 
 @pytest.fixture

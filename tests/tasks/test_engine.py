@@ -88,6 +88,7 @@ def test_a_402_stops_sending_within_max_concurrency_calls(
     assert errors.count(NotAttempted) == 50 - 10 - errors.count(BudgetExhaustedError)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_your_own_flow_fans_out_1000_prompts(  # the README's "your own flow" example
         emulator: EmulatorServer, credentials: IG1Credentials) -> None:

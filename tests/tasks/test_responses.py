@@ -38,8 +38,7 @@ from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import sample_images
 from prefect_ig1.tasks import acreate_response, create_response, prepare_call
 from prefect_ig1.tasks.cache import ResponseCache
-from tests.conftest import TEST_KEY
-from tests.tasks.test_cache import pickled_record
+from tests.helpers import TEST_KEY, pickled_record
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -69,6 +68,7 @@ def image_input(data: bytes) -> list[InputMessage]:
                                                 InputImage.from_bytes(data)])]
 
 
+@pytest.mark.slow
 def test_second_flow_run_is_a_cache_hit_with_no_http_call(
         credentials: IG1Credentials, emulator: EmulatorServer, prompt: str) -> None:
     first = ask(prompt, credentials, temperature=0.2, top_k=5)
@@ -78,6 +78,7 @@ def test_second_flow_run_is_a_cache_hit_with_no_http_call(
     assert second.request_id == first.request_id
 
 
+@pytest.mark.slow
 def test_same_image_under_another_name_is_a_hit(credentials: IG1Credentials,
                                                 emulator: EmulatorServer, tmp_path: Path,
                                                 prompt: str) -> None:
@@ -94,6 +95,7 @@ def test_same_image_under_another_name_is_a_hit(credentials: IG1Credentials,
     assert first.output_text == second.output_text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [
     {"temperature": 0.3}, {"top_p": 0.5}, {"top_k": 3}, {"repetition_penalty": 1.2},
     {"max_output_tokens": 50}, {"instructions": "Be brief."}, {"response_format": Caption},
@@ -116,6 +118,7 @@ def test_changing_the_model_is_a_miss(credentials: IG1Credentials, emulator: Emu
     assert [body["model"] for body in emulator.stats.received] == ["m-a", "m-b"]
 
 
+@pytest.mark.slow
 def test_expiration_and_refresh_are_task_options(credentials: IG1Credentials,
                                                  emulator: EmulatorServer, prompt: str) -> None:
     # (timedelta(0) is falsy, so with_options would ignore it)
@@ -140,6 +143,7 @@ def test_expiration_and_refresh_are_task_options(credentials: IG1Credentials,
     assert emulator.stats.requests == 4
 
 
+@pytest.mark.slow
 def test_a_new_process_with_the_same_storage_hits(credentials: IG1Credentials,
                                                   emulator: EmulatorServer, prompt: str) -> None:
     from prefect.settings import PREFECT_API_URL
@@ -190,6 +194,7 @@ def test_the_window_store_and_the_task_share_one_cache(credentials: IG1Credentia
     assert outside is not None and outside.request_id == answer.request_id
 
 
+@pytest.mark.slow
 def test_structured_output_through_the_task(credentials: IG1Credentials,
                                             emulator: EmulatorServer, prompt: str) -> None:
     result = ask(prompt, credentials, response_format=Caption)
@@ -214,6 +219,7 @@ def assert_json_entry(storage: WritableFileSystem, key: str, text: str) -> None:
     assert entry["kind"] == "ig1-response" and entry["response"]["output_text"] == text
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_record_is_a_miss_that_runs_nothing(
         credentials: IG1Credentials, emulator: EmulatorServer, prompt: str,
         tmp_path: Path, every_log_record: list[logging.LogRecord]) -> None:
@@ -236,6 +242,7 @@ def test_a_planted_pickle_record_is_a_miss_that_runs_nothing(
     assert emulator.stats.requests == 2
 
 
+@pytest.mark.slow
 def test_the_cache_is_json_in_an_s3_result_storage(
         credentials: IG1Credentials, emulator: EmulatorServer, local_s3: LocalS3,
         prompt: str, tmp_path: Path) -> None:
@@ -267,6 +274,7 @@ def test_the_cache_is_json_in_an_s3_result_storage(
     assert_json_entry(storage, key, first.output_text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("params", "status"), [({"max_output_tokens": 1}, "incomplete")])
 def test_an_unfinished_answer_is_not_cached(credentials: IG1Credentials,
                                             emulator: EmulatorServer, prompt: str,
@@ -395,6 +403,7 @@ def every_log_record() -> Iterator[list[logging.LogRecord]]:
         logger.removeHandler(handler)
 
 
+@pytest.mark.slow
 def test_the_key_is_absent_from_logs_results_and_storage(
         credentials: IG1Credentials, emulator: EmulatorServer, prompt: str,
         every_log_record: list[logging.LogRecord]) -> None:

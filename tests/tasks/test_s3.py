@@ -5,9 +5,7 @@ from __future__ import annotations
 import inspect
 import pickle
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +25,6 @@ from prefect_ig1.tasks.s3 import (
     S3Object,
     ensure_bucket_exists,
     is_image_key,
-    list_keys,
     list_objects,
     read_bytes,
     read_json,
@@ -57,22 +54,8 @@ TRICKY_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def local_s3() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client(local_s3: LocalS3) -> S3Client:
     return local_s3.client()
-
-
-@pytest.fixture
-def bucket(client: S3Client) -> str:
-    """A fresh bucket per test: isolation without resetting moto's shared state."""
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    client.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +84,7 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
 
 # --- listing ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_list_objects_pages_past_1000_in_key_order(client: S3Client, many_bucket: str) -> None:
     objects = list(list_objects(client, many_bucket, "many/"))
     assert [o.key for o in objects] == [f"many/{i:05d}.png" for i in range(MANY)]
@@ -108,9 +92,9 @@ def test_list_objects_pages_past_1000_in_key_order(client: S3Client, many_bucket
     assert isinstance(first, S3Object)
     assert first.size == 1
     assert first.etag == "9dd4e461268c8034f5c8564e155c67a6"  # md5(b"x"), quotes stripped
-    assert isinstance(first.last_modified, datetime) and first.last_modified.tzinfo is not None
 
 
+@pytest.mark.slow
 def test_list_objects_is_lazy(local_s3: LocalS3, many_bucket: str) -> None:
     counting = local_s3.client()
     calls: list[str] = []
@@ -125,18 +109,15 @@ def test_list_objects_is_lazy(local_s3: LocalS3, many_bucket: str) -> None:
     assert len(calls) == 2
 
 
-def test_list_keys_pages_too_and_is_lazy(client: S3Client, many_bucket: str) -> None:
-    keys = list_keys(client, many_bucket, "many/")
-    assert inspect.isgenerator(keys)
-    assert list(keys) == [f"many/{i:05d}.png" for i in range(MANY)]
-
-
+@pytest.mark.slow
 def test_prefix_limits_the_listing(client: S3Client, many_bucket: str) -> None:
-    assert list(list_keys(client, many_bucket, "other/")) == ["other/outside.png"]
-    assert list(list_keys(client, many_bucket, "many/0000")) == [
-        f"many/0000{i}.png" for i in range(10)]
-    assert list(list_objects(client, many_bucket, "nothing/")) == []
-    assert sum(1 for _ in list_keys(client, many_bucket)) == MANY + 1
+    def keys(prefix: str = "") -> list[str]:
+        return [o.key for o in list_objects(client, many_bucket, prefix)]
+
+    assert keys("other/") == ["other/outside.png"]
+    assert keys("many/0000") == [f"many/0000{i}.png" for i in range(10)]
+    assert keys("nothing/") == []
+    assert len(keys()) == MANY + 1
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -175,7 +156,7 @@ def test_tricky_keys_round_trip_exactly(client: S3Client, bucket: str) -> None:
         body, _ = read_bytes(client, bucket, key)
         assert body == f"image {TRICKY_KEYS.index(key)}".encode()
         write_json(client, bucket, record_key("descriptions/", key), {"source_key": key})
-    records = list(list_keys(client, bucket, "descriptions/"))
+    records = [o.key for o in list_objects(client, bucket, "descriptions/")]
     assert sorted(records) == sorted(f"descriptions/{key}.json" for key in TRICKY_KEYS)
     for key in TRICKY_KEYS:
         assert read_json(client, bucket, record_key("descriptions/", key)) == {"source_key": key}
@@ -341,6 +322,7 @@ def test_a_block_config_wins_over_the_defaults(local_s3: LocalS3) -> None:
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
 
 
+@pytest.mark.slow
 def test_the_client_cache_holds_no_secret_and_closes_what_it_evicts(
     local_s3: LocalS3, bucket: str, clean_aws_env: pytest.MonkeyPatch
 ) -> None:
