@@ -262,12 +262,14 @@ def fleet(prefect_server: None, emulator_server: EmulatorServer, ig1_proxy: InFl
         api.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=limit_name, limit=GLOBAL_LIMIT))
 
-    # The deployment's pull step is `set_working_directory: <repo root>`: the process worker
-    # runs the entrypoint from this source tree, as `prefect deploy` from the root would.
-    deployment_id = describe_s3_images.from_source(
-        source=str(REPO_ROOT), entrypoint=ENTRYPOINT,
-    ).deploy(name=f"scale-out-{suffix}", work_pool_name=pool, build=False, push=False,
-             print_next_steps=False, ignore_warnings=True)
+    # The entrypoint is the installed package's module path (as in deployments/prefect.yaml):
+    # a process worker imports it, whatever its working directory.
+    with get_client(sync_client=True) as api:
+        deployment_id = api.create_deployment(
+            flow_id=api.create_flow_from_name(describe_s3_images.name),
+            name=f"scale-out-{suffix}", entrypoint=ENTRYPOINT, work_pool_name=pool,
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {
+                "directory": str(REPO_ROOT)}}])
 
     root = tmp_path_factory.mktemp("ig1-workers")
     names = [f"worker-a-{suffix}", f"worker-b-{suffix}"]
