@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,7 @@ from .batch_requests import (
     read_local_image,
     request_line_call,
 )
+from .progress import RunProgress
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -62,6 +64,8 @@ __all__ = ["BatchItemErrors", "main", "run_batch"]
 
 Item = tuple[str, dict[str, Any] | None, PreparedCall | BaseException]
 _IMAGE_BYTES = 50 * 1024 * 1024
+SHOW_BAR = False
+"""Set by the CLI when stdout is a terminal: the run shows a live progress bar."""
 
 
 class BatchItemErrors(Exception):
@@ -113,15 +117,16 @@ def run_batch(
         table: TableSource | None = None
         if kind == "table":
             table = TableSource(path, fmt)
-            builder = _check_table(table, prompt, instructions, answer_format, params,
-                                   image_column, id_column, profile, creds, max_image_side, s3)
+            builder, rows = _check_table(table, prompt, instructions, answer_format, params,
+                                         image_column, id_column, profile, creds,
+                                         max_image_side, s3)
             items = _table_items(table, builder, id_column)
         else:
             if prompt or image_column or id_column or answer_format:
                 raise BatchInputError(
                     f"{where} is a Batch request file: each line carries its own body, so "
                     "prompt, image_column, id_column and response_format do not apply")
-            _check_unique(_request_ids(path), "custom_id")
+            rows = _check_unique(_request_ids(path), "custom_id")
             items = _request_items(path, profile, creds)
         concurrency = max_concurrency or concurrency_from(read_usage(creds))
         report = BatchReport(run=run_name, source=str(where), output=str(out), kind=kind,
@@ -144,9 +149,12 @@ def run_batch(
         with (CallEngine(max_concurrency=concurrency,
                          concurrency_limit_name=concurrency_limit_name,
                          retry_delay_seconds=retry_delay_seconds) as engine,
-              results_path.open("w", encoding="utf-8") as lines):
+              results_path.open("w", encoding="utf-8") as lines,
+              RunProgress("Answering rows", show_bar=SHOW_BAR) as progress):
+            progress.listed(rows)
+            progress.start(rows)
             sink = ResultSink(run_id, report, lines, writer, as_json)
-            _answer_all(items, engine, sink, answer_format)
+            _answer_all(items, engine, _Counted(sink, progress), answer_format)
             sink.close()
             report.requests = engine.requests_sent
             stop = engine.stop_reason
@@ -191,8 +199,8 @@ def _check_table(table: TableSource, prompt: str | None, instructions: str | Non
                  answer_format: ResponseFormat | None, params: dict[str, Any],
                  image_column: str | None, id_column: str | None, profile: ResponsesModel,
                  creds: IG1Credentials, max_image_side: int,
-                 s3: Callable[[], S3Client]) -> RowRequests:
-    """Everything a table run depends on, checked before any call."""
+                 s3: Callable[[], S3Client]) -> tuple[RowRequests, int]:
+    """Everything a table run depends on, checked before any call; and its row count."""
     if not prompt:
         raise BatchInputError("a table needs a prompt: a template with {column} placeholders "
                               f"(columns: {table.columns})")
@@ -207,10 +215,9 @@ def _check_table(table: TableSource, prompt: str | None, instructions: str | Non
                               "rename them (or drop them from a previous results file)")
     ids = table.column(id_column or table.columns[0])  # also reads the whole file once
     if id_column:
-        _check_unique((str(v) if v is not None else None for v in ids), id_column)
+        rows = _check_unique((str(v) if v is not None else None for v in ids), id_column)
     else:
-        for _ in ids:
-            pass
+        rows = sum(1 for _ in ids)
 
     def read_image(source: str) -> bytes:
         image = Location.parse(source)
@@ -219,16 +226,19 @@ def _check_table(table: TableSource, prompt: str | None, instructions: str | Non
         return read_bytes(s3(), image.bucket, image.path, max_bytes=_IMAGE_BYTES)[0]
 
     return RowRequests(profile, creds, prompt, instructions, answer_format, params,
-                       image_column, read_image, max_image_side)
+                       image_column, read_image, max_image_side), rows
 
 
-def _check_unique(ids: Iterator[str | None], what: str) -> None:
+def _check_unique(ids: Iterator[str | None], what: str) -> int:
     """Ids are the results' keys: a duplicate or a missing one is an error before any call.
-    Kept as 8-byte digests, so 1,000,000 ids cost ~40 MB less than the strings would."""
+    Kept as 8-byte digests, so 1,000,000 ids cost ~40 MB less than the strings would.
+    Returns how many there are (the run's total, for its progress)."""
     import hashlib
 
     seen: set[bytes] = set()
+    count = 0
     for number, value in enumerate(ids):
+        count = number + 1
         if value is None or value == "":
             continue  # a request line without custom_id is that row's error; ids: see below
         digest = hashlib.blake2b(value.encode(), digest_size=8).digest()
@@ -236,6 +246,7 @@ def _check_unique(ids: Iterator[str | None], what: str) -> None:
             raise BatchInputError(f"{what} {value!r} appears more than once (again at row "
                                   f"{number}); ids must be unique to match results to rows")
         seen.add(digest)
+    return count
 
 
 def _request_ids(path: Path) -> Iterator[str | None]:
@@ -283,7 +294,21 @@ def _request_items(path: Path, profile: ResponsesModel, creds: IG1Credentials
         yield custom_id, None, call
 
 
-def _answer_all(items: Iterator[Item], engine: CallEngine, sink: ResultSink,
+class _Counted:
+    """The sink, counting each outcome on the run's progress as it arrives."""
+
+    def __init__(self, sink: ResultSink, progress: RunProgress) -> None:
+        self.sink = sink
+        self.progress = progress
+
+    def add(self, position: int, outcome: RowOutcome, row: dict[str, Any] | None) -> None:
+        self.sink.add(position, outcome, row)
+        paid = outcome.status in ("completed", "invalid_output")
+        self.progress.done(outcome.status, requests=int(paid),
+                           tokens=outcome.input_tokens + outcome.output_tokens)
+
+
+def _answer_all(items: Iterator[Item], engine: CallEngine, sink: ResultSink | _Counted,
                 answer_format: ResponseFormat | None) -> None:
     """Fan every call out through the engine; outcomes reach the sink in any order, rows
     that cannot be sent at once (an invalid line, an unreadable image) without a call."""
@@ -340,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
     parser.add_argument("--max-output-tokens", type=int)
+    global SHOW_BAR
+    SHOW_BAR = sys.stdout.isatty()  # a live bar on a terminal, log lines otherwise
     report = run_batch(**vars(parser.parse_args(argv)))
     print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return 0

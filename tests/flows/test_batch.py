@@ -324,3 +324,16 @@ def test_artifacts_escape_ids_and_show_the_usage(tmp_path: Path, credentials: IG
     assert table[0]["id"] == r"\[x\]\(https://evil\.example/\)"
     usage = {row["metric"]: row["value"] for row in json.loads(found["ig1-usage"][0].data)}
     assert usage["IG1 requests"] == report.requests == 2 and usage["cache hits"] == 0
+
+
+def test_the_batch_reports_progress_in_the_same_words(
+        tmp_path: Path, credentials: IG1Credentials, emulator: EmulatorServer, tag: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    source = write_csv(tmp_path / "many.csv", tickets(tag, 60))
+    with caplog.at_level("INFO"):
+        report = batch(source, credentials, prompt="Classify: {text}")
+    assert "Answering rows: listing done, 60 listed, 60 to send" in caplog.text
+    last = [r.getMessage() for r in caplog.records if "Answering rows: 60/60 done" in
+            r.getMessage()]
+    assert last and "60 completed, 0 cached, 0 failed" in last[-1]
+    assert f"{report.requests} IG1 requests" in last[-1]
