@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +54,7 @@ from .batch_requests import (
     read_local_image,
     request_line_call,
 )
-from .progress import RunProgress
+from .progress import RunProgress, run_from_command_line
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -64,8 +63,6 @@ __all__ = ["BatchItemErrors", "main", "run_batch"]
 
 Item = tuple[str, dict[str, Any] | None, PreparedCall | BaseException]
 _IMAGE_BYTES = 50 * 1024 * 1024
-SHOW_BAR = False
-"""Set by the CLI when stdout is a terminal: the run shows a live progress bar."""
 
 
 class BatchItemErrors(Exception):
@@ -150,7 +147,7 @@ def run_batch(
                          concurrency_limit_name=concurrency_limit_name,
                          retry_delay_seconds=retry_delay_seconds) as engine,
               results_path.open("w", encoding="utf-8") as lines,
-              RunProgress("Answering rows", show_bar=SHOW_BAR) as progress):
+              RunProgress("Answering rows") as progress):
             progress.listed(rows)
             progress.start(rows)
             sink = ResultSink(run_id, report, lines, writer, as_json)
@@ -365,11 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
     parser.add_argument("--max-output-tokens", type=int)
-    global SHOW_BAR
-    SHOW_BAR = sys.stdout.isatty()  # a live bar on a terminal, log lines otherwise
-    report = run_batch(**vars(parser.parse_args(argv)))
-    print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
-    return 0
+    return run_from_command_line(run_batch, vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

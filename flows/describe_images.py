@@ -11,10 +11,8 @@ may succeed now. A rerun with nothing new makes no IG1 call.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,7 +44,7 @@ from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
 from .freshness import candidates, entry_for, windows
 from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
-from .progress import RunProgress
+from .progress import RunProgress, run_from_command_line
 from .record_index import IndexEntry, load_index, save_index
 from .records import Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
@@ -68,8 +66,6 @@ DEFAULT_PROMPT = (
     "notable objects, any visible text, and the overall mood, in 2-4 sentences."
 )
 WINDOW_SIZE = 50
-SHOW_BAR = False
-"""Set by the CLI when stdout is a terminal: the run shows a live progress bar."""
 
 
 class ItemErrors(Exception):
@@ -145,7 +141,7 @@ def describe_s3_images(
                 bucket, prefix, profile.model, concurrency)
 
     index = load_index(s3, bucket, output_prefix)
-    with RunProgress("Describing images", show_bar=SHOW_BAR) as progress:
+    with RunProgress("Describing images") as progress:
         listed = _listing(candidates(s3, bucket, output_prefix, prefix, report), progress,
                           report)
         plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
@@ -316,11 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
     parser.add_argument("--max-image-side", type=int, default=1024)
-    global SHOW_BAR
-    SHOW_BAR = sys.stdout.isatty()  # a live bar on a terminal, log lines otherwise
-    report = describe_s3_images(**vars(parser.parse_args(argv)))
-    print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
-    return 0
+    return run_from_command_line(describe_s3_images, vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -10,28 +10,46 @@ an ETA; with ``show_bar`` (the CLI on a terminal) a rich bar shows the same figu
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel
 
-__all__ = ["ARTIFACT_EVERY", "LOG_EVERY", "RunProgress"]
+__all__ = ["ARTIFACT_EVERY", "LOG_EVERY", "RunProgress", "run_from_command_line"]
 
 ARTIFACT_EVERY = 2.0
 LOG_EVERY = 10.0
 RATE_WINDOW = 60.0
+_bar_wanted = False  # set by run_from_command_line when stdout is a terminal
+
+
+def run_from_command_line(flow: Callable[..., BaseModel], arguments: dict[str, Any]) -> int:
+    """Run a flow from its CLI: a live bar on a terminal (log lines otherwise), then the
+    report as JSON on stdout."""
+    global _bar_wanted
+    _bar_wanted = sys.stdout.isatty()
+    try:
+        report = flow(**arguments)
+    finally:
+        _bar_wanted = False
+    print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    return 0
 
 
 class RunProgress:
     """One run's progress; a context manager so the bar and the artifact end with the run."""
 
-    def __init__(self, what: str, *, show_bar: bool = False) -> None:
+    def __init__(self, what: str, *, show_bar: bool | None = None) -> None:
         self.what = what
-        self.show_bar = show_bar
+        self.show_bar = _bar_wanted if show_bar is None else show_bar
         self.total: int | None = None
         self.listed_count = 0
         self.counts: Counter[str] = Counter()

@@ -1,7 +1,7 @@
 """Describing a window of images as ONE Prefect task, one IG1 call per image.
 
-A task per image costs more CPU in Prefect than the call itself (DESIGN.md,
-"Throughput facts"), so a window of ~50 images is one task whose items run on the
+A task per image costs more CPU in Prefect than the call itself (measured in
+``benchmarks/``), so a window of ~50 images is one task whose items run on the
 run's call engine (``prefect_ig1.tasks.engine``: cache, bound, single flight, global
 limit, stop on 401/402). This module holds only the image job: read, prepare, ask,
 record; image preparation runs in a small pool beside the calls, and downloads wait

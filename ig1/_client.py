@@ -7,7 +7,6 @@ the one retry policy, streaming folded into the same ``Response``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -35,7 +34,6 @@ __all__ = ["DEFAULT_BASE_URL", "AccountUsage", "AsyncIG1Client", "AsyncResponseS
            "IG1Client", "ResponseStream", "UsageDay"]
 
 DEFAULT_BASE_URL = "https://api.ig1.ai/v1"
-logger = logging.getLogger("prefect_ig1.client")
 
 
 class AccountUsage(BaseModel):

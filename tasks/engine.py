@@ -22,7 +22,7 @@
   in flight) is not sent, and the run stops as on a 402 (``SpendCapReached``).
 
 Inside a flow run, ``respond_many`` runs each window of ``window_size`` requests as one
-Prefect task (a task per call costs more than the call: DESIGN.md, "Throughput facts");
+Prefect task (a task per call costs more CPU than the call: ``benchmarks/RESULTS.md``);
 results stream back as each call completes. The engine is process-local: use it with
 Prefect's default thread-pool task runner.
 """
