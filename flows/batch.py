@@ -27,7 +27,7 @@ from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError
 from prefect_ig1.tasks import PreparedCall, resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import DEFAULT_WINDOW_SIZE, CallEngine, NotAttempted, respond_many
-from prefect_ig1.tasks.images import ImageRejected
+from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE, ImageRejected
 from prefect_ig1.tasks.s3 import read_bytes, s3_client
 
 from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
@@ -83,7 +83,7 @@ def run_batch(
     max_concurrency: Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)] = None,
     concurrency_limit_name: str | None = None,
     max_output_tokens: Annotated[int | None, Field(ge=1)] = None,
-    max_image_side: Annotated[int, Field(ge=16, le=16_384)] = 1024,
+    max_image_side: Annotated[int, Field(ge=16, le=16_384)] = DEFAULT_MAX_IMAGE_SIDE,
     retry_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0,
     fail_on_item_errors: bool = False,
     aws_credentials: AwsCredentials | None = None,

@@ -34,6 +34,7 @@ from prefect_ig1.client import (
 from prefect_ig1.tasks import NotAttempted, PreparedCall, prepare_call, prepare_image
 from prefect_ig1.tasks.cache import answer_schema
 from prefect_ig1.tasks.engine import CallResult
+from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE
 
 from .batch_io import BatchInputError
 
@@ -151,7 +152,7 @@ class RowRequests:
     params: dict[str, Any]
     image_column: str | None = None
     read_image: Callable[[str], bytes] | None = None
-    max_image_side: int = 1024
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
 
     def call(self, row: dict[str, Any]) -> PreparedCall:
         text = self.prompt.format_map({k: "" if v is None else v for k, v in row.items()})
@@ -159,7 +160,8 @@ class RowRequests:
         payload: Any = text
         if source:
             assert self.read_image is not None
-            prepared = prepare_image(self.read_image(str(source)), max_side=self.max_image_side)
+            prepared = prepare_image(self.read_image(str(source)),
+                                     max_image_side=self.max_image_side)
             payload = [InputMessage(role="user", content=[
                 InputText(text=text),
                 InputImage.from_bytes(prepared.data, mime_type=prepared.mime_type)])]

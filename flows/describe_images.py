@@ -30,7 +30,11 @@ from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, IG1Error
 from prefect_ig1.tasks import resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import CallEngine, check_global_limit
-from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
+from prefect_ig1.tasks.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_MAX_OBJECT_BYTES,
+)
 from prefect_ig1.tasks.ledger import SpendCapReached
 from prefect_ig1.tasks.s3 import (
     ensure_bucket_exists,
@@ -46,7 +50,7 @@ from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
 from .progress import RunProgress, run_from_command_line
 from .record_index import IndexEntry, load_index, save_index
-from .records import Candidate, DescribeSettings, ItemResult, ItemStatus
+from .records import DEFAULT_OUTPUT_PREFIX, Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
 from .spend import (
     check_budget,
@@ -77,15 +81,16 @@ class ItemErrors(Exception):
 def describe_s3_images(
     bucket: Annotated[str, Field(min_length=3, max_length=255)],
     prefix: str = "",
-    output_prefix: Annotated[str, Field(min_length=1)] = "descriptions/",
+    output_prefix: Annotated[str, Field(min_length=1)] = DEFAULT_OUTPUT_PREFIX,
     model: ResponsesModel | str | None = None,
     prompt: Annotated[str, Field(min_length=1)] = DEFAULT_PROMPT,
     summary_prompt: Annotated[str, Field(min_length=1)] = DEFAULT_SUMMARY_PROMPT,
     max_concurrency: Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)] = None,
     concurrency_limit_name: str | None = None,
-    max_image_side: Annotated[int, Field(ge=16, le=16_384)] = 1024,
-    max_object_mb: Annotated[float, Field(gt=0, le=1024)] = 50.0,
-    max_image_pixels: Annotated[int, Field(ge=1_000_000, le=1_000_000_000)] = DEFAULT_MAX_PIXELS,
+    max_image_side: Annotated[int, Field(ge=16, le=16_384)] = DEFAULT_MAX_IMAGE_SIDE,
+    max_object_mb: Annotated[float, Field(gt=0, le=1024)] = DEFAULT_MAX_OBJECT_BYTES / 2**20,
+    max_image_pixels: Annotated[int, Field(ge=1_000_000,
+                                           le=1_000_000_000)] = DEFAULT_MAX_IMAGE_PIXELS,
     detail: Literal["auto", "low", "high"] = "auto",
     max_output_tokens: Annotated[int | None, Field(ge=1)] = None,
     window_size: Annotated[int, Field(ge=1, le=1000)] = WINDOW_SIZE,
@@ -307,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--prefix", default="")
-    parser.add_argument("--output-prefix", default="descriptions/")
+    parser.add_argument("--output-prefix", default=DEFAULT_OUTPUT_PREFIX)
     parser.add_argument("--model", help="a ResponsesModel block name or a model id")
     parser.add_argument("--max-concurrency", type=int)
     parser.add_argument("--concurrency-limit-name")
-    parser.add_argument("--max-image-side", type=int, default=1024)
+    parser.add_argument("--max-image-side", type=int, default=DEFAULT_MAX_IMAGE_SIDE)
     return run_from_command_line(describe_s3_images, vars(parser.parse_args(argv)))
 
 

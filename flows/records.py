@@ -22,9 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import APIStatusError, Response, ResponseFailedError
 from prefect_ig1.tasks.engine import is_run_stopping
-from prefect_ig1.tasks.images import DEFAULT_MAX_PIXELS
+from prefect_ig1.tasks.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_MAX_OBJECT_BYTES,
+)
 
 __all__ = [
+    "DEFAULT_OUTPUT_PREFIX",
     "Candidate",
     "DescribeSettings",
     "ImageRecord",
@@ -36,6 +41,8 @@ __all__ = [
     "utc_now",
 ]
 
+DEFAULT_OUTPUT_PREFIX = "descriptions/"
+"""Where records and run outputs go, beside the images (skipped when listing)."""
 _ITEM_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 
@@ -170,9 +177,9 @@ class DescribeSettings(BaseModel):
     aws_credentials: AwsCredentials | None = None
     params: dict[str, Any] = {}
     detail: Literal["auto", "low", "high"] = "auto"
-    max_image_side: int = 1024
-    max_object_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def digest(self) -> str:

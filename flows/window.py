@@ -212,9 +212,9 @@ class _ItemWork:
                                  max_bytes=self.settings.max_object_bytes)
             base["sha256"] = hashlib.sha256(data).hexdigest()
             return self.images.preparers.submit(
-                prepare_image, data, max_side=self.settings.max_image_side,
-                max_bytes=self.settings.max_object_bytes,
-                max_pixels=self.settings.max_image_pixels).result()
+                prepare_image, data, max_image_side=self.settings.max_image_side,
+                max_object_bytes=self.settings.max_object_bytes,
+                max_image_pixels=self.settings.max_image_pixels).result()
 
     def _store_thumbnail(self, sha256: str, prepared: PreparedImage) -> bool:
         """The gallery's thumbnail, once per content: a HEAD first, so an image seen before

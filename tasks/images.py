@@ -35,7 +35,11 @@ Reason = Literal[
 THUMBNAIL_MAX_BYTES = 15 * 1024
 """A gallery thumbnail's budget: 500 cards stay a light page."""
 
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGE_SIDE = 1024
+"""Longest side sent: about 1,000 tokens an image on Qwen2.5-VL, a tenth of a 12 MP photo's."""
+DEFAULT_MAX_OBJECT_BYTES = 50 * 1024 * 1024
+"""Largest object read; larger ones are refused before download."""
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """Pixels decoded per image (a JPEG counts at its draft size). A 370 KB PNG of 9,400 x 9,400
 takes ~1.1 GB and ~4 s to decode: bytes alone do not bound the work."""
 
@@ -87,20 +91,20 @@ class PreparedImage:
 def prepare_image(
     data: bytes,
     *,
-    max_side: int = 1024,
-    max_bytes: int = 50 * 1024 * 1024,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     jpeg_quality: int = 85,
 ) -> PreparedImage:
-    """Validate, decode, orient, shrink to ``max_side`` and re-encode as JPEG (or PNG with alpha).
+    """Validate, decode, orient, shrink to ``max_image_side``, re-encode as JPEG (PNG with alpha).
 
     Raises ``ImageRejected`` for anything that should become an error record instead.
     """
     return _prepare(
         data,
-        max_side=max_side,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
+        max_image_side=max_image_side,
+        max_object_bytes=max_object_bytes,
+        max_image_pixels=max_image_pixels,
         jpeg_quality=jpeg_quality,
         use_draft=True,
     )
@@ -109,27 +113,27 @@ def prepare_image(
 def _prepare(
     data: bytes,
     *,
-    max_side: int = 1024,
-    max_bytes: int = 50 * 1024 * 1024,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     jpeg_quality: int = 85,
     use_draft: bool = True,
 ) -> PreparedImage:
     """``prepare_image`` with JPEG draft decoding switchable, so the benchmark can compare."""
-    if max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
-    _check_size(data, max_bytes)
+    if max_image_side < 1:
+        raise ValueError(f"max_image_side must be >= 1, got {max_image_side}")
+    _check_size(data, max_object_bytes)
     with _open(data) as source:
         source_format = source.format or "unknown"
         source_width, source_height = source.size
         if use_draft:
-            _draft(source, max_side)
-        if source.width * source.height > max_pixels:
-            raise _too_many_pixels((source_width, source_height), source.size, max_pixels)
+            _draft(source, max_image_side)
+        if source.width * source.height > max_image_pixels:
+            raise _too_many_pixels((source_width, source_height), source.size, max_image_pixels)
         image = _decode(source)
     image = _to_rgb_or_rgba(image)
     # Bicubic, as vision preprocessors use: on a drafted 12 MP photo it costs ~0.6x Lanczos.
-    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)  # never upscales
+    image.thumbnail((max_image_side, max_image_side), Image.Resampling.BICUBIC)  # never upscales
     payload, mime_type = _encode(image, jpeg_quality)
     return PreparedImage(
         data=payload,
@@ -142,38 +146,38 @@ def _prepare(
     )
 
 
-def _check_size(data: bytes, max_bytes: int) -> None:
+def _check_size(data: bytes, max_object_bytes: int) -> None:
     """Refuse before Pillow sees the bytes: the cheapest checks first."""
     if len(data) == 0:
         raise ImageRejected(
             "empty", "The object is empty (0 bytes), as a failed upload leaves; re-upload it."
         )
-    if len(data) > max_bytes:
+    if len(data) > max_object_bytes:
         raise ImageRejected(
             "too_large",
-            f"The object is {len(data):,} bytes, over the {max_bytes:,}-byte cap; shrink it "
-            "before upload or raise the cap with prepare_image(..., max_bytes=...).",
+            f"The object is {len(data):,} bytes, over the {max_object_bytes:,}-byte cap; shrink it "
+            "before upload or raise the cap with prepare_image(..., max_object_bytes=...).",
         )
 
 
 def _too_many_pixels(size: tuple[int, int], decoded: tuple[int, int],
-                     max_pixels: int) -> ImageRejected:
+                     max_image_pixels: int) -> ImageRejected:
     pixels = decoded[0] * decoded[1]
     scaled = "" if decoded == size else f", {decoded[0]}x{decoded[1]} when drafted"
     return ImageRejected(
         "too_many_pixels",
         f"The image is {size[0]}x{size[1]} pixels{scaled} = {pixels:,} to decode, over this "
-        f"run's max_image_pixels ({max_pixels:,}): refused before decoding. Downscale it "
+        f"max_image_pixels ({max_image_pixels:,}): refused before decoding. Downscale it "
         "before upload, or raise max_image_pixels (about 30 bytes of memory per pixel).",
     )
 
 
-def _draft(source: Image.Image, max_side: int) -> None:
+def _draft(source: Image.Image, max_image_side: int) -> None:
     """Let the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the final
     size: asking for the scaled target's box (not a square) gets the largest safe reduction."""
     if source.format not in ("JPEG", "MPO"):
         return
-    scale = max_side / max(source.size)
+    scale = max_image_side / max(source.size)
     if scale < 1:
         source.draft("RGB", (max(1, int(source.width * scale)),
                              max(1, int(source.height * scale))))
@@ -324,12 +328,12 @@ def _encode(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
     return out.getvalue(), "image/jpeg"
 
 
-def thumbnail_jpeg(prepared: PreparedImage, *, max_side: int = 256, quality: int = 70) -> bytes:
+def thumbnail_jpeg(prepared: PreparedImage, *, size: int = 256, quality: int = 70) -> bytes:
     """A small JPEG of what was sent, for the run's gallery: made from the prepared image (at
-    most ``max_side`` px already), so the source is never read twice; at most
+    most ``size`` px already), so the source is never read twice; at most
     ``THUMBNAIL_MAX_BYTES`` (lower quality, then fewer pixels, for noisy pictures)."""
     with Image.open(io.BytesIO(prepared.data)) as source:
-        source.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2..1/8 scale directly
+        source.draft("RGB", (size, size))  # JPEG: decoded at 1/2..1/8 scale directly
         image = source.convert("RGBA") if source.mode in ("RGBA", "LA", "P") else source.copy()
     if image.mode == "RGBA":  # a see-through PNG: flatten on white, as a page shows it
         flat = Image.new("RGB", image.size, (255, 255, 255))
@@ -338,7 +342,7 @@ def thumbnail_jpeg(prepared: PreparedImage, *, max_side: int = 256, quality: int
     elif image.mode != "RGB":
         image = image.convert("RGB")
     out = io.BytesIO()
-    for side in (max_side, max_side * 3 // 4, max_side // 2, max_side // 4):
+    for side in (size, size * 3 // 4, size // 2, size // 4):
         image.thumbnail((side, side), Image.Resampling.BICUBIC)
         for attempt in (quality, 50, 35):
             out = io.BytesIO()

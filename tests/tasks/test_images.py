@@ -90,12 +90,12 @@ def test_every_broken_sample_is_rejected_with_its_reason(name: str, data: bytes)
 def test_too_large_says_the_size_the_cap_and_the_fix() -> None:
     _, data = samples.small_png()
     with pytest.raises(ImageRejected) as caught:
-        prepare_image(data, max_bytes=len(data) - 1)
+        prepare_image(data, max_object_bytes=len(data) - 1)
     assert caught.value.reason == "too_large"
     assert f"{len(data):,}" in caught.value.message
     assert f"{len(data) - 1:,}" in caught.value.message
-    assert "max_bytes" in caught.value.message
-    assert prepare_image(data, max_bytes=len(data)).width == 64  # the cap is inclusive
+    assert "max_object_bytes" in caught.value.message
+    assert prepare_image(data, max_object_bytes=len(data)).width == 64  # the cap is inclusive
 
 
 def test_a_truncated_png_is_corrupt_and_the_message_names_the_error_not_the_bytes() -> None:
@@ -153,7 +153,7 @@ def test_the_pixel_cap_is_checked_before_any_pixel_is_decoded() -> None:
     """The pixel data is missing: decoding would say "corrupt", the header check says too many."""
     data = _declared_png(5000, 4000)
     with pytest.raises(ImageRejected) as caught:
-        prepare_image(data, max_pixels=10_000_000)
+        prepare_image(data, max_image_pixels=10_000_000)
     assert caught.value.reason == "too_many_pixels"
     assert "5000x4000" in caught.value.message and "20,000,000" in caught.value.message
     message = caught.value.message.lower()
@@ -178,10 +178,10 @@ def test_a_jpeg_counts_at_its_draft_size() -> None:
     """An 80 MP JPEG decodes at 1/8 scale (1.25 MP) for a 1024 px target: within the cap."""
     buffer = io.BytesIO()
     Image.new("L", (10_000, 8_000), 128).save(buffer, "JPEG")
-    prepared = prepare_image(buffer.getvalue(), max_pixels=2_000_000)
+    prepared = prepare_image(buffer.getvalue(), max_image_pixels=2_000_000)
     assert (prepared.width, prepared.height) == (1024, 819)
     with pytest.raises(ImageRejected) as caught:  # asked for full size, it is 80 MP
-        prepare_image(buffer.getvalue(), max_side=10_000, max_pixels=2_000_000)
+        prepare_image(buffer.getvalue(), max_image_side=10_000, max_image_pixels=2_000_000)
     assert caught.value.reason == "too_many_pixels"
 
 
@@ -199,7 +199,7 @@ def test_running_out_of_memory_is_not_a_verdict_on_the_image(
 
 
 def test_pillows_bomb_warning_is_an_error_here_and_only_here() -> None:
-    """95 MP is under max_pixels but over Image.MAX_IMAGE_PIXELS, where Pillow only warns."""
+    """95 MP is under max_image_pixels but over Image.MAX_IMAGE_PIXELS, where Pillow only warns."""
     data = _declared_png(9500, 10_000)
     assert Image.MAX_IMAGE_PIXELS is not None
     assert Image.MAX_IMAGE_PIXELS < 95_000_000 < 100_000_000
@@ -212,17 +212,17 @@ def test_pillows_bomb_warning_is_an_error_here_and_only_here() -> None:
         Image.open(io.BytesIO(data))
 
 
-# 3, 7: downscale to max_side, never upscale; a 12 MP photo is sent as a small fraction.
+# 3, 7: downscale to max_image_side, never upscale; a 12 MP photo is sent as a small fraction.
 @pytest.mark.parametrize(
-    ("max_side", "expected"), [(1024, (64, 48)), (64, (64, 48)), (32, (32, 24)), (1, (1, 1))]
+    ("max_image_side", "expected"), [(1024, (64, 48)), (64, (64, 48)), (32, (32, 24)), (1, (1, 1))]
 )
-def test_small_images_are_never_upscaled(max_side: int, expected: tuple[int, int]) -> None:
-    prepared = prepare_image(samples.small_png()[1], max_side=max_side)
+def test_small_images_are_never_upscaled(max_image_side: int, expected: tuple[int, int]) -> None:
+    prepared = prepare_image(samples.small_png()[1], max_image_side=max_image_side)
     assert (prepared.width, prepared.height) == expected
 
 
 def test_photo_is_downscaled_keeping_its_aspect() -> None:
-    prepared = prepare_image(samples.photo_jpeg()[1], max_side=800)
+    prepared = prepare_image(samples.photo_jpeg()[1], max_image_side=800)
     assert (prepared.width, prepared.height) == (800, 600)
     assert (prepared.source_width, prepared.source_height) == (1600, 1200)
 
@@ -396,8 +396,8 @@ def test_pillow_globals_are_left_alone() -> None:
 
 
 def test_max_side_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_side"):
-        prepare_image(samples.small_png()[1], max_side=0)
+    with pytest.raises(ValueError, match="max_image_side"):
+        prepare_image(samples.small_png()[1], max_image_side=0)
 
 
 def test_concurrent_calls_agree_and_leave_warning_filters_alone() -> None:
