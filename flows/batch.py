@@ -24,10 +24,11 @@ from prefect_aws import AwsCredentials
 from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
-from prefect_ig1.client import APIStatusError, AuthenticationError, BudgetExhaustedError
+from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, IG1Error
 from prefect_ig1.tasks import PreparedCall, resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import DEFAULT_WINDOW_SIZE, CallEngine, NotAttempted, respond_many
 from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE, ImageRejected
+from prefect_ig1.tasks.ledger import SpendCapReached
 from prefect_ig1.tasks.s3 import read_bytes, s3_client
 
 from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
@@ -55,6 +56,13 @@ from .batch_requests import (
     request_line_call,
 )
 from .progress import RunProgress, run_from_command_line
+from .spend import (
+    check_budget,
+    emit_budget_low,
+    emit_run_event,
+    forecast_spend,
+    spend_payload,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -87,11 +95,17 @@ def run_batch(
     retry_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0,
     fail_on_item_errors: bool = False,
     aws_credentials: AwsCredentials | None = None,
+    max_tokens: Annotated[int | None, Field(ge=1)] = None,
+    max_spend: Annotated[float | None, Field(gt=0)] = None,
+    dry_run: bool = False,
+    allow_over_budget: bool = False,
 ) -> BatchReport:
     """Answer every row (``prompt`` with ``{column}`` placeholders) or request line of
     ``source``; write ``results.jsonl``, the results table and ``run.json`` to ``output``.
 
-    The whole input is checked before any call (format, columns, schema, unique ids).
+    The whole input is checked before any call (format, columns, schema, unique ids); then
+    the run forecasts its spend (``dry_run`` stops there) and may be capped by
+    ``max_tokens`` / ``max_spend``, as the image flow is.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -125,9 +139,20 @@ def run_batch(
                     "prompt, image_column, id_column and response_format do not apply")
             rows = _check_unique(_request_ids(path), "custom_id")
             items = _request_items(path, profile, creds)
-        concurrency = max_concurrency or concurrency_from(read_usage(creds))
+        if max_spend is not None and profile.prices is None:
+            raise BatchInputError("max_spend needs prices: set input_price_per_million and "
+                                  "output_price_per_million on the ResponsesModel profile")
+        usage = read_usage(creds)
+        emit_budget_low(usage, creds)
+        concurrency = max_concurrency or concurrency_from(usage)
         report = BatchReport(run=run_name, source=str(where), output=str(out), kind=kind,
                              model=profile.model, max_concurrency=concurrency)
+        report.forecast = forecast_spend(rows, None, profile.prices, usage)
+        logger.info("Forecast: %s", report.forecast.describe())
+        if dry_run:
+            report.dry_run = True
+            return report
+        check_budget(report.forecast, allow_over_budget)
         report.timings["check_s"] = round(time.monotonic() - started, 3)
         logger.info("Batch %s (%s) with %s, %d calls in flight", where, kind, profile.model,
                     concurrency)
@@ -145,7 +170,8 @@ def run_batch(
                            for name, scalar in answer_format.scalar_columns().items()}
         with (CallEngine(max_concurrency=concurrency,
                          concurrency_limit_name=concurrency_limit_name,
-                         retry_delay_seconds=retry_delay_seconds) as engine,
+                         retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
+                         max_spend=max_spend, prices=profile.prices) as engine,
               results_path.open("w", encoding="utf-8") as lines,
               RunProgress("Answering rows") as progress):
             progress.listed(rows)
@@ -154,6 +180,7 @@ def run_batch(
             _answer_all(items, engine, _Counted(sink, progress), answer_format)
             sink.close()
             report.requests = engine.requests_sent
+            report.spend = engine.ledger.rows()
             stop = engine.stop_reason
         stop_error = None if stop is None else _stop_error(stop, report)
         if stop_error is not None:
@@ -163,6 +190,10 @@ def run_batch(
         report.outputs = publish_outputs(files, out, s3() if out.bucket else None)
         publish_batch_artifacts(report, sink.preview)
     logger.info("Batch %s: %s", run_name, report.headline())
+    bad = report.n("failed") + report.n("invalid_output")
+    emit_run_event("stopped" if stop_error else "failed" if fail_on_item_errors and bad
+                   else "completed", flow_run_id=run_id, run_name=run_name,
+                   payload=spend_payload(report.spend, report.counts, report.stopped_by))
 
     if stop_error is not None:
         raise stop_error
@@ -330,7 +361,7 @@ def _answer_all(items: Iterator[Item], engine: CallEngine, sink: ResultSink | _C
         sink.add(position, judge(custom_id, call, result, answer_format), row)
 
 
-def _stop_error(stop: BaseException, report: BatchReport) -> APIStatusError:
+def _stop_error(stop: BaseException, report: BatchReport) -> IG1Error:
     """The one error a stopped batch ends with: why, what was left, and that a rerun does the
     rest (answered rows come back from the cache for free)."""
     left = f"{report.n('not_attempted')} row(s) not attempted"
@@ -338,6 +369,10 @@ def _stop_error(stop: BaseException, report: BatchReport) -> APIStatusError:
              "request_id": getattr(stop, "request_id", None)}
     rerun = ("rerun the same batch: it sends exactly the rest (rows already answered come "
              "from the cache, free); the results files are written whole again")
+    if isinstance(stop, SpendCapReached):
+        return SpendCapReached(f"The batch's spend cap was reached after {report.requests} "
+                               f"requests ({stop}): {left}. Raise max_tokens / max_spend and "
+                               f"{rerun}.")
     if isinstance(stop, BudgetExhaustedError):
         return BudgetExhaustedError(
             f"IG1 budget exhausted (402) after {report.requests} requests: {left}. Raise the "

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from prefect_ig1.tasks.ledger import ModelSpend
 
 from .batch_io import CHUNK_ROWS, TableWriter
 from .batch_requests import BATCH_STATUSES, RowOutcome
 from .markdown import escape_markdown, one_line, publishable_markdown
+from .reporting import usage_rows
+from .spend import Forecast
 
 __all__ = ["MAX_TABLE_ROWS", "BatchReport", "ResultSink", "publish_batch_artifacts"]
 
@@ -42,6 +46,16 @@ class BatchReport(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     stopped_by: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
+    forecast: Forecast | None = None
+    dry_run: bool = False
+    spend: list[ModelSpend] = Field(
+        default_factory=list, description="The run's ledger: one line per model, then 'all'.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost(self) -> float | None:
+        """What the run's calls cost, when the profile has prices."""
+        return self.spend[-1].cost if self.spend else None
 
     def n(self, status: str) -> int:
         return self.counts.get(status, 0)
@@ -138,13 +152,7 @@ def publish_batch_artifacts(report: BatchReport, preview: list[dict[str, str]]) 
         key="batch-results", table=preview,
         description=f"Batch {report.run}" + (f" (first {len(preview)} rows; {more} more in "
                                              "results.jsonl)" if more > 0 else ""))
-    usage = [
-        {"metric": "IG1 requests", "value": report.requests},
-        {"metric": "cache hits", "value": report.cache_hits},
-        {"metric": "input tokens", "value": report.input_tokens},
-        {"metric": "output tokens", "value": report.output_tokens},
-        *({"metric": f"rows {status}", "value": report.n(status)} for status in BATCH_STATUSES),
-    ]
+    usage = usage_rows(report.spend)
     create_table_artifact(key="ig1-usage", table=usage, description=f"IG1 usage of {report.run}")
 
 

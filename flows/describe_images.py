@@ -164,8 +164,7 @@ def describe_s3_images(
               CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
                          slot_timeout_seconds=slot_timeout_seconds,
                          retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
-                         max_spend=max_spend, prices=profile.prices,
-                         expected_call_tokens=report.forecast.tokens_per_item) as engine):
+                         max_spend=max_spend, prices=profile.prices) as engine):
             manifest = Path(workdir) / "manifest.jsonl"
             with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
                 for result in _describe_all(settings, engine, images, window_size, lines, plan):

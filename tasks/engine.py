@@ -51,7 +51,7 @@ from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, Response, is_transient
 
 from .cache import ResponseCache
-from .ledger import DEFAULT_CALL_TOKENS, Ledger, SpendCap, SpendCapReached
+from .ledger import Ledger, SpendCap, SpendCapReached
 from .responses import PreparedCall, create_response, prepare_call, send_cached
 
 __all__ = [
@@ -120,8 +120,7 @@ class CallEngine:
                  slot_timeout_seconds: float = 600.0, retry_delay_seconds: float = 10.0,
                  cache: ResponseCache | None = None, workers: int | None = None,
                  max_tokens: int | None = None, max_spend: float | None = None,
-                 prices: Prices | None = None,
-                 expected_call_tokens: float = DEFAULT_CALL_TOKENS) -> None:
+                 prices: Prices | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
@@ -133,7 +132,7 @@ class CallEngine:
         self.requests_sent = 0
         self.ledger = Ledger()
         self.cap = SpendCap(self.ledger, max_tokens=max_tokens, max_spend=max_spend,
-                            prices=prices, expected_tokens=expected_call_tokens)
+                            prices=prices)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._workers = ThreadPoolExecutor(workers or 2 * max_concurrency + 2,
@@ -202,11 +201,14 @@ class CallEngine:
                 raise NotAttempted
             if self.cap.active:
                 try:
-                    self.cap.admit()
+                    self.cap.admit()  # may wait for the run's first answer
                 except SpendCapReached as exc:
                     self.stop(exc)
                     raise NotAttempted from exc
-            sent = False
+                if self.stopped:  # the run stopped while this call waited
+                    self.cap.settle(False)
+                    raise NotAttempted
+            sent = answered = False
 
             def count() -> None:
                 nonlocal sent
@@ -218,6 +220,11 @@ class CallEngine:
             try:
                 # Looked up again now that a slot is ours; stored before the slot is freed.
                 response, cached = send_cached(call, self.cache, on_send=count)
+                if cached:
+                    self.ledger.hit(model)
+                else:
+                    self.ledger.paid(model, response, call.prices)
+                    answered = True
             except Exception as exc:
                 if sent:
                     self.ledger.failed(model)
@@ -226,11 +233,7 @@ class CallEngine:
                 raise
             finally:
                 if self.cap.active:
-                    self.cap.settle()
-            if cached:
-                self.ledger.hit(model)
-            else:
-                self.ledger.paid(model, response, call.prices)
+                    self.cap.settle(answered)
             return response, cached
 
     def _once(self, key: str, produce: Callable[[], tuple[Response, bool]], *,

@@ -98,16 +98,20 @@ class Ledger:
 
 @dataclass
 class SpendCap:
-    """Caps on one run's tokens and cost; ``admit`` before each send, ``settle`` after."""
+    """Caps on one run's tokens and cost; ``admit`` before each send, ``settle`` after.
+
+    Until the run has its first answer, one call at a time is sent (its cost is unknown:
+    a 12 MP photo or a one-line ticket); after that, each call in flight is reserved at
+    the run's average, so the cap is passed at most by how far real calls differ from it.
+    """
 
     ledger: Ledger
     max_tokens: int | None = None
     max_spend: float | None = None
     prices: Prices | None = None
-    expected_tokens: float = DEFAULT_CALL_TOKENS
-    """What a call costs before the run has answers of its own (e.g. the forecast's)."""
     _in_flight: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _answered: int = 0
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_spend is not None and self.prices is None:
@@ -118,22 +122,14 @@ class SpendCap:
     def active(self) -> bool:
         return self.max_tokens is not None or self.max_spend is not None
 
-    def _per_call(self) -> tuple[float, float]:
-        """(tokens, cost) one call is expected to cost: the run's average so far."""
-        total = self.ledger.total()
-        answered = max(total.requests, 1)
-        tokens = total.tokens / answered if total.requests else self.expected_tokens
-        if self.prices is None:
-            return tokens, 0.0
-        if total.requests and total.cost is not None:
-            return tokens, total.cost / answered
-        return tokens, self.prices.cost(int(tokens), 0)
-
     def admit(self) -> None:
         """Reserve one call, or raise ``SpendCapReached`` if it could pass a cap."""
-        tokens, cost = self._per_call()
-        total = self.ledger.total()
-        with self._lock:
+        with self._changed:
+            self._changed.wait_for(lambda: self._answered > 0 or self._in_flight == 0)
+            total = self.ledger.total()
+            answered = max(self._answered, 1)
+            tokens = total.tokens / answered if self._answered else 0.0
+            cost = (total.cost or 0.0) / answered if self._answered else 0.0
             calls = self._in_flight + 1
             if self.max_tokens is not None and total.tokens + calls * tokens > self.max_tokens:
                 raise SpendCapReached(
@@ -146,7 +142,9 @@ class SpendCap:
                     f"{self._in_flight} call(s) in flight at ~{cost:.4f} each")
             self._in_flight = calls
 
-    def settle(self) -> None:
-        """The reserved call is answered (or failed): its real cost is in the ledger."""
-        with self._lock:
+    def settle(self, answered: bool) -> None:
+        """The reserved call is over; ``answered`` when its cost is in the ledger now."""
+        with self._changed:
             self._in_flight -= 1
+            self._answered += int(answered)
+            self._changed.notify_all()

@@ -337,3 +337,33 @@ def test_the_batch_reports_progress_in_the_same_words(
             r.getMessage()]
     assert last and "60 completed, 0 cached, 0 failed" in last[-1]
     assert f"{report.requests} IG1 requests" in last[-1]
+
+
+def test_the_batch_keeps_a_ledger_forecasts_and_stops_at_its_cap(
+        tmp_path: Path, credentials: IG1Credentials, emulator: EmulatorServer,
+        tag: str) -> None:
+    from prefect_ig1.blocks import ResponsesModel
+    from prefect_ig1.tasks.ledger import SpendCapReached
+
+    profile = ResponsesModel(credentials=credentials, input_price_per_million=1.0,
+                             output_price_per_million=4.0)
+    source = write_csv(tmp_path / "spend.csv", tickets(tag, 30))
+    dry = batch(source, credentials, prompt="Classify: {text}", model=profile, dry_run=True)
+    assert dry.dry_run and dry.forecast is not None and dry.forecast.items == 30
+    assert emulator.stats.requests == 0
+
+    report = batch(source, credentials, prompt="Classify: {text}", model=profile)
+    total = report.spend[-1]
+    assert (total.input_tokens, total.output_tokens) == (emulator.stats.input_tokens,
+                                                         emulator.stats.output_tokens)
+    assert report.cost == pytest.approx((total.input_tokens + 4 * total.output_tokens) / 1e6)
+
+    emulator.reset()
+    capped = write_csv(tmp_path / "capped.csv", tickets(tag + "-capped", 40))
+    per_row = (total.input_tokens + total.output_tokens) / 30
+    with pytest.raises(SpendCapReached, match="max_tokens"):
+        batch(capped, credentials, prompt="Classify: {text}", model=profile,
+              max_tokens=round(5 * per_row), max_concurrency=2)
+    assert 5 - 2 <= emulator.stats.requests <= 5 + 1
+    results = lines(tmp_path / "capped.results" / "results.jsonl")
+    assert len(results) == 40 and results[-1]["status"] == "not_attempted"
