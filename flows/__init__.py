@@ -1,7 +1,7 @@
 """Prefect flows that chain IG1 tasks into jobs: describe new S3 images, then summarise; run
 one prompt over every row of a table or every line of a Batch request file."""
 
-from prefect_ig1.tasks.s3 import BucketNotFound, S3AccessDenied, S3Error
+from prefect_ig1.flows.storage import BucketNotFound, S3AccessDenied, S3Error
 
 from .batch import run_batch
 from .batch_report import BatchReport

@@ -25,11 +25,11 @@ from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, IG1Error
+from prefect_ig1.flows.storage import read_bytes, s3_client
 from prefect_ig1.tasks import PreparedCall, resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import DEFAULT_WINDOW_SIZE, CallEngine, NotAttempted, respond_many
 from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE, ImageRejected
 from prefect_ig1.tasks.ledger import SpendCapReached
-from prefect_ig1.tasks.s3 import read_bytes, s3_client
 
 from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
 from .batch_io import (

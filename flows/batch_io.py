@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
-from prefect_ig1.tasks.s3 import upload_file
+from prefect_ig1.flows.storage import upload_file
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -28,6 +28,13 @@ from pydantic import Field
 
 from prefect_ig1.blocks import IG1Credentials, ResponsesModel
 from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, IG1Error
+from prefect_ig1.flows.storage import (
+    ensure_bucket_exists,
+    s3_client,
+    upload_file,
+    write_json,
+    write_text,
+)
 from prefect_ig1.tasks import resolve_credentials, resolve_model
 from prefect_ig1.tasks.engine import CallEngine, check_global_limit
 from prefect_ig1.tasks.images import (
@@ -36,13 +43,6 @@ from prefect_ig1.tasks.images import (
     DEFAULT_MAX_OBJECT_BYTES,
 )
 from prefect_ig1.tasks.ledger import SpendCapReached
-from prefect_ig1.tasks.s3 import (
-    ensure_bucket_exists,
-    s3_client,
-    upload_file,
-    write_json,
-    write_text,
-)
 
 from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
 from .freshness import candidates, entry_for, windows

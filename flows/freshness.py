@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect_ig1.tasks.s3 import is_image_key, list_objects, record_key
+from prefect_ig1.flows.storage import is_image_key, list_objects, record_key
 
 from .record_index import IndexEntry
 from .records import Candidate, ImageRecord, ItemResult, ItemStatus

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from prefect.artifacts import create_link_artifact
 
-from prefect_ig1.tasks.s3 import presigned_url, thumbnail_key, write_text
+from prefect_ig1.flows.storage import presigned_url, thumbnail_key, write_text
 
 from .markdown import escape_markdown
 from .records import ItemResult, ItemStatus

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from prefect_ig1.tasks.s3 import ObjectTooLarge, read_if_exists
+from prefect_ig1.flows.storage import ObjectTooLarge, read_if_exists
 
 __all__ = ["INDEX_NAME", "IndexEntry", "load_index", "save_index"]
 

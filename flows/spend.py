@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from prefect_ig1.blocks import IG1Credentials, Prices
 from prefect_ig1.client import AccountUsage, IG1Error
+from prefect_ig1.flows.storage import ObjectTooLarge, list_objects, read_json
 from prefect_ig1.tasks.ledger import DEFAULT_CALL_TOKENS, ModelSpend
-from prefect_ig1.tasks.s3 import ObjectTooLarge, list_objects, read_json
 
 __all__ = ["LOW_BUDGET_SHARE", "Forecast", "OverBudget", "check_budget", "emit_budget_low",
            "emit_run_event", "forecast_spend", "spend_payload", "tokens_per_item_of_last_run"]

@@ -26,10 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_ig1.client import InputImage, InputMessage, InputText, Response
-from prefect_ig1.tasks import prepare_call
-from prefect_ig1.tasks.engine import CallEngine, NotAttempted
-from prefect_ig1.tasks.images import ImageRejected, PreparedImage, prepare_image, thumbnail_jpeg
-from prefect_ig1.tasks.s3 import (
+from prefect_ig1.flows.storage import (
     ObjectTooLarge,
     object_exists,
     read_bytes,
@@ -40,6 +37,9 @@ from prefect_ig1.tasks.s3 import (
     write_bytes,
     write_json,
 )
+from prefect_ig1.tasks import prepare_call
+from prefect_ig1.tasks.engine import CallEngine, NotAttempted
+from prefect_ig1.tasks.images import ImageRejected, PreparedImage, prepare_image, thumbnail_jpeg
 
 from .freshness import needs_description
 from .records import (

@@ -1,8 +1,8 @@
 """Prefect tasks: one IG1 Responses call each (cached by content, retried when transient),
 the call engine for many calls at once, and image preparation.
 
-Internals (the cache store and key, the S3 helpers) stay in their modules:
-``prefect_ig1.tasks.cache``, ``prefect_ig1.tasks.s3``.
+Internals stay in their modules (the cache store and key: ``prefect_ig1.tasks.cache``);
+S3 I/O and the key layout belong to the flows (``prefect_ig1.flows.storage``).
 """
 
 from .engine import CallEngine, CallResult, NotAttempted, respond_many

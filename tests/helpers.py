@@ -44,9 +44,9 @@ import pytest
 from PIL import Image
 
 from prefect_ig1.flows.records import ImageRecord
+from prefect_ig1.flows.storage import record_key
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
-from prefect_ig1.tasks.s3 import record_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -32,12 +32,12 @@ from prefect_ig1.client import (
 )
 from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.flows.storage import BucketNotFound
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import broken_images, large_jpeg, sample_images
 from prefect_ig1.tasks import create_response
 from prefect_ig1.tasks.images import prepare_image
-from prefect_ig1.tasks.s3 import BucketNotFound
 from tests.helpers import TEST_KEY, all_keys, describe_calls, distinct_pngs, put, read_record
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -131,7 +131,7 @@ def test_rerun_makes_no_call_and_writes_only_its_run_outputs(
 @pytest.fixture
 def record_reads(env: EmulatorServer) -> list[str]:
     """Keys the flow's S3 client GETs (it is one client per process and AWS environment)."""
-    from prefect_ig1.tasks.s3 import s3_client
+    from prefect_ig1.flows.storage import s3_client
 
     keys: list[str] = []
 

@@ -30,13 +30,13 @@ from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows import record_index as record_index_module
 from prefect_ig1.flows import window as window_module
 from prefect_ig1.flows.markdown import escape_markdown, publishable_markdown, summary_line
+from prefect_ig1.flows.storage import record_key
 from prefect_ig1.flows.window import answer_problem
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import flat_image
 from prefect_ig1.tasks import CallEngine, NotAttempted
 from prefect_ig1.tasks.cache import ResponseCache
-from prefect_ig1.tasks.s3 import record_key
 from tests.helpers import (
     Images,
     describe_calls,

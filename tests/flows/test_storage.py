@@ -14,8 +14,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from prefect_aws import AwsCredentials
 
-from prefect_ig1.sandbox.local_s3 import LocalS3
-from prefect_ig1.tasks.s3 import (
+from prefect_ig1.flows.storage import (
     MAX_ATTEMPTS,
     MAX_POOL_CONNECTIONS,
     BucketNotFound,
@@ -34,6 +33,7 @@ from prefect_ig1.tasks.s3 import (
     write_json,
     write_text,
 )
+from prefect_ig1.sandbox.local_s3 import LocalS3
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -326,7 +326,7 @@ def test_a_block_config_wins_over_the_defaults(local_s3: LocalS3) -> None:
 def test_the_client_cache_holds_no_secret_and_closes_what_it_evicts(
     local_s3: LocalS3, bucket: str, clean_aws_env: pytest.MonkeyPatch
 ) -> None:
-    from prefect_ig1.tasks import s3 as s3_module
+    from prefect_ig1.flows import storage as s3_module
 
     secret = f"cache-secret-{uuid.uuid4().hex}"
     for name, value in {**local_s3.env(), "AWS_SECRET_ACCESS_KEY": secret}.items():
