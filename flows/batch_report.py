@@ -15,12 +15,11 @@ from typing import Any, TextIO
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field, computed_field
 
-from prefect_ig1.tasks.ledger import ModelSpend
+from prefect_ig1.tasks.ledger import ModelSpend, usage_rows
 
 from .batch_io import CHUNK_ROWS, TableWriter
 from .batch_requests import BATCH_STATUSES, RowOutcome
 from .markdown import escape_markdown, one_line, publishable_markdown
-from .reporting import usage_rows
 from .spend import Forecast
 
 __all__ = ["MAX_TABLE_ROWS", "BatchReport", "ResultSink", "publish_batch_artifacts"]

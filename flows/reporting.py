@@ -10,7 +10,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, computed_field
 
-from prefect_ig1.tasks.ledger import ModelSpend
+from prefect_ig1.tasks.ledger import ModelSpend, usage_rows
 
 from .markdown import one_line, publishable_markdown
 from .records import ItemResult, ItemStatus
@@ -104,10 +104,3 @@ def publish_artifacts(report: RunReport, manifest: Path, summary: str) -> None:
                   "cost": None, "bytes": report.sent_bytes})
     create_table_artifact(key="ig1-usage", table=usage, description=f"IG1 usage of {report.run}")
 
-
-def usage_rows(spend: list[ModelSpend]) -> list[dict[str, Any]]:
-    """The ``ig1-usage`` table: one row per model and the total (cost when priced)."""
-    return [{"model": line.model, "requests": line.requests, "cache hits": line.cache_hits,
-             "input tokens": line.input_tokens, "output tokens": line.output_tokens,
-             "reasoning tokens": line.reasoning_tokens,
-             "cost": None if line.cost is None else round(line.cost, 6)} for line in spend]

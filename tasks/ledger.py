@@ -10,14 +10,17 @@ must stay within ``max_tokens`` / ``max_spend``.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
 from prefect_ig1.blocks import Prices
 from prefect_ig1.client import IG1Error, Response
 
-__all__ = ["DEFAULT_CALL_TOKENS", "Ledger", "ModelSpend", "SpendCap", "SpendCapReached"]
+__all__ = ["DEFAULT_CALL_TOKENS", "Ledger", "ModelSpend", "SpendCap", "SpendCapReached",
+           "flow_run_ledger", "usage_rows"]
 
 DEFAULT_CALL_TOKENS = 1_500
 """Tokens a call is assumed to cost before the run has answers of its own (an image of
@@ -148,3 +151,27 @@ class SpendCap:
             self._in_flight -= 1
             self._answered += int(answered)
             self._changed.notify_all()
+
+
+def usage_rows(spend: list[ModelSpend]) -> list[dict[str, Any]]:
+    """The ``ig1-usage`` table: one row per model and the total (cost when priced)."""
+    return [{"model": line.model, "requests": line.requests, "cache hits": line.cache_hits,
+             "input tokens": line.input_tokens, "output tokens": line.output_tokens,
+             "reasoning tokens": line.reasoning_tokens,
+             "cost": None if line.cost is None else round(line.cost, 6)} for line in spend]
+
+
+_FLOW_RUN_LEDGERS: OrderedDict[str, Ledger] = OrderedDict()
+_FLOW_RUN_LEDGERS_KEPT = 64
+_flow_run_lock = threading.Lock()
+
+
+def flow_run_ledger(flow_run_id: str) -> Ledger:
+    """The ledger of ``create_response`` calls in one flow run of this process (the last
+    few runs are kept: a user's flow has no end hook to hand it to)."""
+    with _flow_run_lock:
+        ledger = _FLOW_RUN_LEDGERS.pop(flow_run_id, None) or Ledger()
+        _FLOW_RUN_LEDGERS[flow_run_id] = ledger
+        while len(_FLOW_RUN_LEDGERS) > _FLOW_RUN_LEDGERS_KEPT:
+            _FLOW_RUN_LEDGERS.popitem(last=False)
+        return ledger

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import get_current_settings
 from prefect.tasks import Task
 from pydantic import BaseModel
@@ -31,6 +32,7 @@ from prefect_ig1.blocks import IG1Credentials, Prices, ResponsesModel
 from prefect_ig1.client import Response, ResponsesRequest, is_transient
 
 from .cache import ResponseCache, answer_schema, response_cache_key
+from .ledger import flow_run_ledger, usage_rows
 
 __all__ = [
     "PreparedCall",
@@ -249,6 +251,7 @@ def _task_cache(default: Task[Any, Any]) -> tuple[ResponseCache, bool]:
 
 
 def _log_answer(call: PreparedCall, response: Response, cached: bool) -> None:
+    """Log the answer, and keep the flow run's ``ig1-usage`` artifact up to date."""
     usage = response.usage
     get_run_logger().info(
         "IG1 %s %s (status %s, %s tokens, request_id %s, cache key %s)",
@@ -256,6 +259,18 @@ def _log_answer(call: PreparedCall, response: Response, cached: bool) -> None:
         response.status, usage.total_tokens if usage else "?",
         response.request_id, call.cache_key[-12:],
     )
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    ledger = flow_run_ledger(str(context.flow_run.id))
+    if cached:
+        ledger.hit(call.request.model)
+    else:
+        ledger.paid(call.request.model, response, call.prices)
+    create_table_artifact(  # type: ignore[call-arg]
+        key="ig1-usage", table=usage_rows(ledger.rows()), _sync=True,  # also from acreate
+        description=f"IG1 usage of the create_response calls of flow run "
+                    f"{context.flow_run.name}")
 
 
 @task(name="create_response", **_TASK_OPTIONS)

@@ -25,7 +25,10 @@ pytestmark = pytest.mark.slow
 
 USER_SCRIPT = textwrap.dedent("""
     import io, json, sys
-    import blocks, deployments, flows, tasks  # the user's own packages, first on sys.path
+    import importlib
+    # The user's own packages, first on sys.path (imported by name: this is their code).
+    blocks, deployments, flows, tasks = (importlib.import_module(name) for name in
+                                         ("blocks", "deployments", "flows", "tasks"))
     import prefect_ig1
     from prefect_ig1 import describe_s3_images
     from prefect_ig1.blocks import IG1Credentials
