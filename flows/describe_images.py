@@ -203,8 +203,8 @@ def describe_s3_images(
 
     if stop_error is not None:
         raise stop_error
-    if fail_on_item_errors and report.counts.get(ItemStatus.failed.value):
-        raise ItemErrors(f"{report.counts[ItemStatus.failed.value]} image(s) failed; "
+    if failed:
+        raise ItemErrors(f"{report.n(ItemStatus.failed)} image(s) failed; "
                          f"see {report.outputs['manifest.jsonl']}")
     return report
 
