@@ -138,6 +138,7 @@ def _wait_for(check: Callable[[], list[Any]], what: str) -> list[Any]:
     return found
 
 
+@pytest.mark.slow  # waits for the events to reach the server
 def test_runs_emit_events_that_reach_a_real_prefect_server(
         env: EmulatorServer, bucket_with_images: Callable[..., str], prompt: str) -> None:
     bucket = bucket_with_images(distinct_pngs(3))
