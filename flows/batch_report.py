@@ -13,21 +13,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field, computed_field
+from pydantic import Field
 
-from prefect_ig1.tasks.ledger import ModelSpend, usage_rows
+from prefect_ig1.tasks.ledger import usage_rows
 
 from .batch_io import CHUNK_ROWS, TableWriter
 from .batch_requests import BATCH_STATUSES, RowOutcome
 from .markdown import escape_markdown, one_line, publishable_markdown
-from .spend import Forecast
+from .spend import SpendReport
 
 __all__ = ["MAX_TABLE_ROWS", "BatchReport", "ResultSink", "publish_batch_artifacts"]
 
 MAX_TABLE_ROWS = 500
 
 
-class BatchReport(BaseModel):
+class BatchReport(SpendReport):
     """The run's result and its ``run.json``."""
 
     run: str
@@ -45,16 +45,6 @@ class BatchReport(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     stopped_by: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
-    forecast: Forecast | None = None
-    dry_run: bool = False
-    spend: list[ModelSpend] = Field(
-        default_factory=list, description="The run's ledger: one line per model, then 'all'.")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def cost(self) -> float | None:
-        """What the run's calls cost, when the profile has prices."""
-        return self.spend[-1].cost if self.spend else None
 
     def n(self, status: str) -> int:
         return self.counts.get(status, 0)

@@ -8,20 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field, computed_field
+from pydantic import Field, computed_field
 
-from prefect_ig1.tasks.ledger import ModelSpend, usage_rows
+from prefect_ig1.tasks.ledger import usage_rows
 
 from .markdown import one_line, publishable_markdown
 from .records import ItemResult, ItemStatus
-from .spend import Forecast
+from .spend import SpendReport
 
 __all__ = ["MAX_TABLE_ROWS", "RunReport", "publish_artifacts"]
 
 MAX_TABLE_ROWS = 500
 
 
-class RunReport(BaseModel):
+class RunReport(SpendReport):
     """The run's result and its ``run.json``."""
 
     run: str
@@ -41,16 +41,6 @@ class RunReport(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     stopped_by: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
-    forecast: Forecast | None = None
-    dry_run: bool = False
-    spend: list[ModelSpend] = Field(
-        default_factory=list, description="The run's ledger: one line per model, then 'all'.")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def cost(self) -> float | None:
-        """What the run's calls cost, when the profile has prices."""
-        return self.spend[-1].cost if self.spend else None
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

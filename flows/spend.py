@@ -15,15 +15,16 @@ import logging
 from typing import Any, Literal
 
 from prefect.events import emit_event
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, computed_field
 
 from prefect_ig1.blocks import IG1Credentials, Prices
 from prefect_ig1.client import AccountUsage, IG1Error
 from prefect_ig1.flows.storage import ObjectTooLarge, list_objects, read_json
 from prefect_ig1.tasks.ledger import DEFAULT_CALL_TOKENS, ModelSpend
 
-__all__ = ["LOW_BUDGET_SHARE", "Forecast", "OverBudget", "check_budget", "emit_budget_low",
-           "emit_run_event", "forecast_spend", "spend_payload", "tokens_per_item_of_last_run"]
+__all__ = ["LOW_BUDGET_SHARE", "Forecast", "OverBudget", "SpendReport", "check_budget",
+           "emit_budget_low", "emit_run_event", "forecast_spend", "spend_payload",
+           "tokens_per_item_of_last_run"]
 
 LOW_BUDGET_SHARE = 0.10
 logger = logging.getLogger(__name__)
@@ -51,6 +52,21 @@ class Forecast(BaseModel):
         return (f"{self.items} item(s) to send, ~{self.tokens:,} tokens "
                 f"({self.tokens_per_item:,.0f} per item, from the {self.basis.replace('_', ' ')})"
                 f"{cost}{left}")
+
+
+class SpendReport(BaseModel):
+    """What every run reports of its spend: the base of each flow's report (``run.json``)."""
+
+    forecast: Forecast | None = None
+    dry_run: bool = False
+    spend: list[ModelSpend] = Field(
+        default_factory=list, description="The run's ledger: one line per model, then 'all'.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost(self) -> float | None:
+        """What the run's calls cost, when the profile has prices."""
+        return self.spend[-1].cost if self.spend else None
 
 
 def tokens_per_item_of_last_run(s3: Any, bucket: str, output_prefix: str) -> float | None:

@@ -322,8 +322,9 @@ def test_artifacts_escape_ids_and_show_the_usage(tmp_path: Path, credentials: IG
     table = json.loads(found["batch-results"][0].data)
     assert [row["status"] for row in table] == ["completed", "completed"]
     assert table[0]["id"] == r"\[x\]\(https://evil\.example/\)"
-    usage = {row["metric"]: row["value"] for row in json.loads(found["ig1-usage"][0].data)}
-    assert usage["IG1 requests"] == report.requests == 2 and usage["cache hits"] == 0
+    total = json.loads(found["ig1-usage"][0].data)[-1]  # by model, then the total
+    assert total["model"] == "all"
+    assert total["requests"] == report.requests == 2 and total["cache hits"] == 0
 
 
 def test_the_batch_reports_progress_in_the_same_words(
