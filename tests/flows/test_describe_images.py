@@ -22,7 +22,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from pydantic import SecretStr
 
+from prefect_ig1.blocks import IG1Credentials
 from prefect_ig1.client import (
     AuthenticationError,
     BudgetExhaustedError,
@@ -273,7 +275,10 @@ def test_transient_faults_still_describe_every_image(env: EmulatorServer, local_
     put(local_s3, bucket, GOOD)
     for kind in ("429", "500", "502", "503", "drop", "malformed"):
         env.fail_next(kind)
-    report = describe(bucket, prefix="in/", max_concurrency=2, retry_delay_seconds=0)
+    # More attempts per image than queued faults: one image may meet all six in a row.
+    patient = IG1Credentials(api_key=SecretStr(TEST_KEY), base_url=env.base_url, max_retries=6)
+    report = describe(bucket, prefix="in/", max_concurrency=2, retry_delay_seconds=0,
+                      credentials=patient)
     assert report.counts.get("described", 0) == len(GOOD) and not report.counts.get("failed")
 
 
