@@ -14,7 +14,8 @@ import json
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, cast
 from uuid import UUID
@@ -23,23 +24,31 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel
 
-__all__ = ["ARTIFACT_EVERY", "LOG_EVERY", "RunProgress", "run_from_command_line"]
+__all__ = ["ARTIFACT_EVERY", "LOG_EVERY", "RunProgress", "bar_on_terminal",
+           "run_from_command_line"]
 
 ARTIFACT_EVERY = 2.0
 LOG_EVERY = 10.0
 RATE_WINDOW = 60.0
-_bar_wanted = False  # set by run_from_command_line when stdout is a terminal
+_bar_wanted = False  # set by bar_on_terminal
 
 
-def run_from_command_line(flow: Callable[..., BaseModel], arguments: dict[str, Any]) -> int:
-    """Run a flow from its CLI: a live bar on a terminal (log lines otherwise), then the
-    report as JSON on stdout."""
+@contextmanager
+def bar_on_terminal() -> Iterator[None]:
+    """Runs started inside show a live bar when stdout is a terminal (log lines otherwise):
+    for command lines and the demo, never for deployments."""
     global _bar_wanted
     _bar_wanted = sys.stdout.isatty()
     try:
-        report = flow(**arguments)
+        yield
     finally:
         _bar_wanted = False
+
+
+def run_from_command_line(flow: Callable[..., BaseModel], arguments: dict[str, Any]) -> int:
+    """Run a flow from its CLI (with ``bar_on_terminal``), then print its report as JSON."""
+    with bar_on_terminal():
+        report = flow(**arguments)
     print(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return 0
 

@@ -116,6 +116,7 @@ def main() -> int:
     with EmulatorServer(api_key=DEMO_KEY, latency=0.05) as emulator, LocalS3() as s3:
         _prepare_environment(emulator, s3)
         from prefect_ig1.flows import describe_s3_images
+        from prefect_ig1.flows.progress import bar_on_terminal
 
         uploaded = _upload(s3)
         print(f"Uploaded {uploaded} objects to s3://{BUCKET}/incoming/ (moto at "
@@ -124,7 +125,8 @@ def main() -> int:
         for attempt in ("first run", "rerun, nothing new"):
             before = emulator.stats.requests
             started = time.perf_counter()
-            reports.append(describe_s3_images(BUCKET, prefix="incoming/"))
+            with bar_on_terminal():  # the live progress bar when run from a terminal
+                reports.append(describe_s3_images(BUCKET, prefix="incoming/"))
             print(f"\n== {attempt}: {reports[-1].headline()}")
             print(f"   {emulator.stats.requests - before} HTTP call(s) to IG1, "
                   f"{time.perf_counter() - started:.1f} s")

@@ -112,6 +112,7 @@ def test_an_unreachable_endpoint_says_so_and_exits_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # runs the bridge's command line in a process
 def test_the_queue_urls_host_is_read_not_aws_endpoint_url(
         local_s3: LocalS3, sqs: Any, make_queue: Callable[..., Queue], bucket: str,
         api_url: str) -> None:

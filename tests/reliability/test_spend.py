@@ -55,6 +55,7 @@ def test_the_ledger_adds_up_to_the_emulators_own_token_counts(
     assert cached.spend[-1].requests == env.stats.requests - before == cached.summary_calls
 
 
+@pytest.mark.slow  # two runs of 50 images
 def test_the_forecast_is_close_to_what_a_run_of_uniform_images_spends(
         env: EmulatorServer, local_s3: LocalS3, bucket_with_images: Callable[..., str],
         prompt: str) -> None:
