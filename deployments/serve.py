@@ -106,6 +106,9 @@ def _stopped_hint(deployments: list[RunnerDeployment]) -> str:
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal while the runner shuts down must not interrupt the shutdown.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt  # serve() shuts down its runner on this
 
 
@@ -140,4 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # an interrupt that reached the top is a stop, not a crash
+        raise SystemExit(0) from None
