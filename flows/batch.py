@@ -57,10 +57,9 @@ from .batch_requests import (
 )
 from .progress import RunProgress, run_from_command_line
 from .spend import (
-    check_budget,
     emit_budget_low,
     emit_run_event,
-    forecast_spend,
+    forecast_run,
     spend_payload,
 )
 
@@ -147,12 +146,9 @@ def run_batch(
         concurrency = max_concurrency or concurrency_from(usage)
         report = BatchReport(run=run_name, source=str(where), output=str(out), kind=kind,
                              model=profile.model, max_concurrency=concurrency)
-        report.forecast = forecast_spend(rows, None, profile.prices, usage)
-        logger.info("Forecast: %s", report.forecast.describe())
-        if dry_run:
-            report.dry_run = True
+        if forecast_run(report, rows, None, profile.prices, usage, dry_run=dry_run,
+                        allow_over_budget=allow_over_budget):
             return report
-        check_budget(report.forecast, allow_over_budget)
         report.timings["check_s"] = round(time.monotonic() - started, 3)
         logger.info("Batch %s (%s) with %s, %d calls in flight", where, kind, profile.model,
                     concurrency)

@@ -53,10 +53,9 @@ from .record_index import IndexEntry, load_index, save_index
 from .records import DEFAULT_OUTPUT_PREFIX, Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
 from .spend import (
-    check_budget,
     emit_budget_low,
     emit_run_event,
-    forecast_spend,
+    forecast_run,
     spend_payload,
     tokens_per_item_of_last_run,
 )
@@ -152,12 +151,9 @@ def describe_s3_images(
         plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
         to_send = sum(len(step) for step in plan if isinstance(step, list))
         per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
-        report.forecast = forecast_spend(to_send, per_item, profile.prices, usage)
-        logger.info("Forecast: %s", report.forecast.describe())
-        if dry_run:
-            report.dry_run = True
+        if forecast_run(report, to_send, per_item, profile.prices, usage, dry_run=dry_run,
+                        allow_over_budget=allow_over_budget):
             return report
-        check_budget(report.forecast, allow_over_budget)
         progress.start(to_send)
         learnt: dict[str, IndexEntry] = {}
         with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+from prefect import get_run_logger
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, computed_field
 
@@ -23,7 +24,7 @@ from prefect_ig1.flows.storage import ObjectTooLarge, list_objects, read_json
 from prefect_ig1.tasks.ledger import DEFAULT_CALL_TOKENS, ModelSpend
 
 __all__ = ["LOW_BUDGET_SHARE", "Forecast", "OverBudget", "SpendReport", "check_budget",
-           "emit_budget_low", "emit_run_event", "forecast_spend", "spend_payload",
+           "emit_budget_low", "emit_run_event", "forecast_run", "forecast_spend", "spend_payload",
            "tokens_per_item_of_last_run"]
 
 LOW_BUDGET_SHARE = 0.10
@@ -96,6 +97,20 @@ def forecast_spend(items: int, per_item: float | None, prices: Prices | None,
                     basis="last_run" if per_item is not None else "default", tokens=tokens,
                     cost=cost, budget_left=usage.remaining if usage else None,
                     commit=usage.commit if usage else None)
+
+
+def forecast_run(report: SpendReport, items: int, per_item: float | None,
+                 prices: Prices | None, usage: AccountUsage | None, *, dry_run: bool,
+                 allow_over_budget: bool) -> bool:
+    """Forecast the run into ``report`` and log it; True when the run stops here
+    (``dry_run``). Refuses a run whose forecast alone passes the budget left."""
+    report.forecast = forecast_spend(items, per_item, prices, usage)
+    get_run_logger().info("Forecast: %s", report.forecast.describe())
+    if dry_run:
+        report.dry_run = True
+        return True
+    check_budget(report.forecast, allow_over_budget)
+    return False
 
 
 def check_budget(forecast: Forecast, allow_over_budget: bool) -> None:
