@@ -23,15 +23,19 @@ import binascii
 import hashlib
 import json
 import logging
+import os
+import re
+import stat
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from prefect import get_run_logger
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
-from prefect.filesystems import WritableFileSystem
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from prefect.results import ResultStore, get_default_result_storage, get_result_store
 from prefect.tasks import Task
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
@@ -130,6 +134,11 @@ class _CacheEntry(BaseModel):
     response: Response
 
 
+_OWN_KEY = re.compile(re.escape(CACHE_KEY_PREFIX) + "[0-9a-f]{64}")
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
+"""Largest cache entry read from a local folder; anything bigger is not one of ours."""
+
+
 class ResponseCache:
     """Cached responses as JSON files in a result storage block, without a task run per call.
 
@@ -143,6 +152,10 @@ class ResponseCache:
         self.expiration = expiration
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        # A local folder is read directly: ``LocalFileSystem.read_path`` resolves its base
+        # path and the key with ``realpath`` on every call, most of a warm rerun's CPU.
+        self._folder = (Path(storage.basepath or ".").expanduser().resolve()
+                        if type(storage) is LocalFileSystem else None)
 
     @classmethod
     def for_task(cls, task: Task[Any, Any]) -> ResponseCache:
@@ -163,13 +176,16 @@ class ResponseCache:
 
         With ``text_format``, ``parsed`` is rebuilt from the cached text (instances are
         never stored)."""
-        read = cast(Callable[..., bytes], self.storage.read_path)
         try:
-            content = read(key, _sync=True)  # sync whatever the caller's context
+            content = self._read(key)
         except Exception as exc:  # absent: each storage says so its own way
             logger.debug("IG1 cache miss for %s (%s)", key, type(exc).__name__)
             return None
         if not content:  # a local file being written right now
+            return None
+        if len(content) > MAX_ENTRY_BYTES:
+            self._warn_once(key, "IG1 cache entry %s is over %d bytes, larger than any answer: "
+                            "ignored as a miss, not read", key, MAX_ENTRY_BYTES)
             return None
         try:
             entry = _CacheEntry.model_validate_json(content)
@@ -188,6 +204,18 @@ class ResponseCache:
                             key, text_format.__qualname__)
             return None
         return entry.response.model_copy(update={"parsed": parsed})
+
+    def _read(self, key: str) -> bytes:
+        """The bytes under ``key``; from a local folder at most ``MAX_ENTRY_BYTES`` + 1."""
+        if self._folder is not None and _OWN_KEY.fullmatch(key):
+            # Not through a planted symlink, nor blocked on a FIFO: a regular file or a miss.
+            fd = os.open(self._folder / key, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise FileNotFoundError(key)
+                return file.read(MAX_ENTRY_BYTES + 1)
+        read = cast(Callable[..., bytes], self.storage.read_path)
+        return read(key, _sync=True)  # sync whatever the caller's context
 
     def put(self, key: str, response: Response, *,
             schema: dict[str, Any] | None = None) -> bool:

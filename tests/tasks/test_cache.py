@@ -218,3 +218,28 @@ def test_async_twins(storage: LocalFileSystem) -> None:
     cache = ResponseCache(storage)
     assert asyncio.run(cache.aput("k", answer())) is True
     assert asyncio.run(cache.aget("k")) == answer()
+
+
+def test_a_local_folder_is_read_directly_but_never_through_a_link_a_fifo_or_a_huge_file(
+        storage: LocalFileSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Keys of ours are read straight from the folder (the storage block resolves both paths
+    on every read); whatever else sits under such a key is a miss, and nothing blocks."""
+    import os
+
+    from prefect_ig1.tasks.cache import MAX_ENTRY_BYTES
+
+    cache = ResponseCache(storage)
+    own = [CACHE_KEY_PREFIX + f"{n:064x}" for n in range(4)]
+    assert cache.put(own[0], answer("direct")) and cache.get(own[0]) == answer("direct")
+    folder = Path(storage.basepath)
+    outside = tmp_path / "outside-entry"
+    outside.write_bytes((folder / own[0]).read_bytes())
+    (folder / own[1]).symlink_to(outside)  # someone else's entry, planted as a link
+    os.mkfifo(folder / own[2])  # a reader that trusted the name would wait forever
+    (folder / own[3]).write_bytes(b'{"kind": "ig1-response", "response": {"id": "'
+                                  + b"x" * MAX_ENTRY_BYTES + b'"}}')
+    with caplog.at_level(logging.WARNING, logger="prefect_ig1.tasks.cache"):
+        assert [cache.get(k) for k in own[1:]] == [None, None, None]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"IG1 cache entry {own[3]} is over {MAX_ENTRY_BYTES} bytes, larger than any answer: "
+        "ignored as a miss, not read"]
