@@ -169,7 +169,8 @@ def test_every_image_of_a_request_is_billed_and_counted(
     images = [_jpeg(1024, 768), _jpeg(64, 48)]
     # 64 x 48 rounds to 56 x 56 (2 x 2 patches), the processors' minimum.
     assert _input_tokens(client, images) == 27 * 37 + 2 * 2
-    assert emulator.stats.input_tokens > 27 * 37 + 4
+    # The counter holds the same bill: both images and ~30 text tokens.
+    assert 27 * 37 + 4 < emulator.stats.input_tokens < 27 * 37 + 4 + 100
 
 
 def test_text_only_requests_bill_their_bytes_as_before(client: httpx.Client) -> None:
@@ -582,7 +583,8 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
 @pytest.mark.slow
 def test_cli_serves_until_terminated() -> None:
     command = [sys.executable, "-m", "prefect_ig1.sandbox.emulator"]
-    command += ["--port", "0", "--api-key", "k", "--shape", "text"]
+    command += ["--port", "0", "--api-key", "k", "--shape", "text", "--image-patch-size", "32",
+                "--max-image-tokens", "1024"]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -596,6 +598,8 @@ def test_cli_serves_until_terminated() -> None:
                 json={"model": MODEL, "input": "hi"},
             )
             assert r.json()["output_text"] == "Echo: hi"
+            settings = httpx.get(base_url.removesuffix("/v1") + "/_emulator/settings").json()
+            assert (settings["image_patch_size"], settings["max_image_tokens"]) == (32, 1024)
         finally:
             proc.terminate()
             _, errors = proc.communicate(timeout=5)
