@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from prefect_ig1.sandbox.sample_images import _scene
 
-__all__ = ["large_png", "photo", "small_image"]
+__all__ = ["MIX_KINDS", "hd_jpeg", "hd_png", "large_png", "mixed_image", "photo",
+           "small_image"]
 
 
 def small_image(key: str) -> bytes:
@@ -53,3 +54,26 @@ def large_png(key: str) -> bytes:
     buffer = io.BytesIO()
     _marked(key, 3000, 2000).save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def hd_jpeg(key: str) -> bytes:
+    """A 1080p (1920x1080) JPEG at quality 90: a video frame or a downsized photo."""
+    buffer = io.BytesIO()
+    _marked(key, 1920, 1080).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def hd_png(key: str) -> bytes:
+    """A 720p (1280x720) RGB PNG: a screen capture or an exported frame."""
+    buffer = io.BytesIO()
+    _marked(key, 1280, 720).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+MIX_KINDS = {"12mp.jpg": photo, "1080p.jpg": hd_jpeg, "720p.png": hd_png}
+"""The mixed set's kinds, by the key suffix that names them: a third of each."""
+
+
+def mixed_image(key: str) -> bytes:
+    """The image of the kind ``key`` ends with (see ``MIX_KINDS``)."""
+    return next(make(key) for suffix, make in MIX_KINDS.items() if key.endswith(suffix))

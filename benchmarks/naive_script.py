@@ -2,8 +2,9 @@
 
 boto3 lists the bucket, a ThreadPoolExecutor with one worker per allowed call
 fetches each image, sends it as it is (base64 data URL) in one httpx call, and
-writes one JSON per image. No cache, no retries, no resizing, no summary: the
-fastest honest thing, and the yardstick the flow's wall time is divided by.
+writes one JSON per image (with the reply's usage). No cache, no retries, no resizing,
+no summary: the fastest honest thing, and the yardstick the flow's wall time is
+divided by.
 
     python -m benchmarks.naive_script BUCKET PREFIX OUTPUT_PREFIX --workers 16
 """
@@ -46,11 +47,13 @@ def describe_bucket(bucket: str, prefix: str, output_prefix: str, *, workers: in
                 {"type": "input_image", "image_url": url}]}]}
             reply = ig1.post("/responses", json=body)
             reply.raise_for_status()
-            message = reply.json()["output"][0]["content"]  # a list, or one object for images
+            answer = reply.json()
+            message = answer["output"][0]["content"]  # a list, or one object for images
             parts = message if isinstance(message, list) else [message]
             text = "".join(part.get("text", "") for part in parts)
+            record = {"key": key, "description": text, "usage": answer.get("usage")}
             s3.put_object(Bucket=bucket, Key=f"{output_prefix}{key}.json",
-                          Body=json.dumps({"key": key, "description": text}).encode())
+                          Body=json.dumps(record).encode())
 
         with ThreadPoolExecutor(workers) as pool:
             return len(list(pool.map(describe, keys)))

@@ -254,7 +254,7 @@ def main() -> int:
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--largest-scale-runs", type=int, default=1,
                         help="runs at N=10 000 (~3 min each; 3 take the suite past 15 min)")
-    parser.add_argument("--only", default="c16,c64,photos,scale,batch,batchmem,prefect",
+    parser.add_argument("--only", default="c16,c64,photos,mix,scale,batch,batchmem,prefect",
                         help="comma-separated scenarios to run (default: all)")
     args = parser.parse_args()
 
@@ -300,6 +300,11 @@ def _run_scenarios(args: argparse.Namespace, server: PrefectServer) -> Bench:
                        label="C=64, 1 s", baseline=False)
         if "photos" in only:
             photos(bench, images=16 if quick else 48, pngs=2 if quick else 4)
+        if "mix" in only:
+            from . import mix
+
+            mix.mixed(bench, images=24 if quick else 120,
+                      concurrencies=(8,) if quick else (8, 16))
         if "scale" in only:
             scale(bench, server, sizes=(100, 1000) if quick else (1000, 10000),
                   concurrency=64, largest_runs=args.largest_scale_runs)

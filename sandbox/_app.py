@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _faults
 from ._dialect import DONE_FRAME, dress_body, dress_events, failed_body, failed_events, frame
+from ._image_tokens import image_tokens
 from ._replies import ReplyIds, image_shape, make_reply, sse_events, sse_frame, text_shape
 from ._request import (
     ParsedRequest,
@@ -159,8 +160,11 @@ class ResponsesEndpoint:
         self, request: Request, raw: bytes, body: dict[str, Any] | None, settings: EmulatorSettings
     ) -> Response:
         parsed = parse_request(load_json_body(raw) if body is None else body)
-        lines = [await asyncio.to_thread(describe_image, image) for image in parsed.images]
-        reply = make_reply(parsed, lines, len(raw), settings.json_invalid)
+        seen = [await asyncio.to_thread(describe_image, image) for image in parsed.images]
+        tokens = sum(image_tokens(image.width, image.height, patch=settings.image_patch_size,
+                                  max_tokens=settings.max_image_tokens) for image in seen)
+        reply = make_reply(parsed, [image.line for image in seen], len(raw),
+                           settings.json_invalid, image_tokens=tokens)
         ids = ReplyIds.new()
         dialect = dialect_of(settings)
 

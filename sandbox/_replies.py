@@ -40,9 +40,13 @@ class ReplyIds:
 
 
 def make_reply(
-    request: ParsedRequest, image_lines: list[str], body_size: int, json_invalid: bool
+    request: ParsedRequest, image_lines: list[str], body_size: int, json_invalid: bool,
+    image_tokens: int = 0,
 ) -> Reply:
-    """Echo what was received (instructions, user text, image facts), then apply the word cap."""
+    """Echo what was received (instructions, user text, image facts), then apply the word cap.
+
+    Input tokens: ~4 bytes of JSON per text token, the image data URLs left out (a model
+    bills an image by its patches, ``image_tokens``, not by its base64)."""
     lines = []
     if request.instructions:
         lines.append(f"Instructions: {request.instructions}")
@@ -57,6 +61,7 @@ def make_reply(
         text = json.dumps(value, ensure_ascii=False)
         if json_invalid:
             text = "Sure! Here is the JSON: " + text[:-1]
+    text_bytes = body_size - sum(image.url_chars for image in request.images)
     words = text.split()
     incomplete = request.max_words is not None and len(words) > request.max_words
     if incomplete:
@@ -65,7 +70,7 @@ def make_reply(
     return Reply(
         text=text,
         incomplete=incomplete,
-        input_tokens=max(1, body_size // 4),
+        input_tokens=max(1, text_bytes // 4) + image_tokens,
         output_tokens=len(words),
     )
 

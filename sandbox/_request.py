@@ -33,6 +33,17 @@ class ImagePart:
     mime: str
     data: bytes
     detail: str | None
+    url_chars: int = 0
+    """Length of the data URL in the body: bytes that are image, not text, for the token count."""
+
+
+@dataclass(frozen=True)
+class SeenImage:
+    """What the emulator read of one image: the line it echoes and the size it bills."""
+
+    line: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -154,11 +165,13 @@ def _image_part(part: dict[str, Any], where: str) -> ImagePart:
     detail = part.get("detail")
     if detail is not None and detail not in _DETAILS:
         raise RequestRefused(400, f"{where}: detail must be one of {_DETAILS}, not {detail!r}")
-    return ImagePart(where=where, mime=header[: -len(";base64")], data=data, detail=detail)
+    return ImagePart(where=where, mime=header[: -len(";base64")], data=data, detail=detail,
+                     url_chars=len(url))
 
 
-def describe_image(image: ImagePart) -> str:
-    """Name size, format and hash of what arrived, so tests can see exactly what was sent."""
+def describe_image(image: ImagePart) -> SeenImage:
+    """Name size, format and hash of what arrived, so tests can see exactly what was sent.
+    The size comes from the header (before any decoding); it is what the image bills."""
     digest = hashlib.sha256(image.data).hexdigest()[:16]
     try:
         with Image.open(io.BytesIO(image.data)) as img:
@@ -170,7 +183,8 @@ def describe_image(image: ImagePart) -> str:
         raise RequestRefused(
             400, f"{image.where}: image could not be decoded ({type(exc).__name__}: {exc})"
         ) from exc
-    return f"Image {width}x{height} {fmt} sha256:{digest} detail:{image.detail or 'none'}"
+    line = f"Image {width}x{height} {fmt} sha256:{digest} detail:{image.detail or 'none'}"
+    return SeenImage(line=line, width=width, height=height)
 
 
 def _max_words(body: dict[str, Any]) -> int | None:

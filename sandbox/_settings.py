@@ -74,6 +74,12 @@ class EmulatorSettings:
     """How a failing stream says so: "response.failed", an "error" event, or vLLM's "data_only"."""
     json_for_stream: bool = False
     """Stream requests are answered with the plain JSON body, as some proxies do."""
+    image_patch_size: int = 28
+    """Pixels per side of the patch an image is billed by: 28 for Qwen2.5-VL, 32 for Qwen3-VL.
+    Each input_image adds one input token per patch after Qwen's ``smart_resize``."""
+    max_image_tokens: int = 16384
+    """The most patches (tokens) one image costs: larger images are scaled down to fit
+    (Qwen2.5-VL's default ``max_pixels`` is 16384 patches of 28x28)."""
     fault_seed: int = 0
     """Seed of the draws. A draw depends on the seed, the request body and how often that
     body was seen, never on arrival order: the same requests get the same faults, however
@@ -136,9 +142,9 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer or null")
         return value
-    if name == "max_throughput":
+    if name in ("max_throughput", "image_patch_size", "max_image_tokens"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError("max_throughput must be a positive integer")
+            raise ValueError(f"{name} must be a positive integer")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a non-negative number")

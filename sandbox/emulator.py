@@ -218,6 +218,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-mix", type=parse_mix, default=None,
                         help='weights of the random faults, e.g. "429=2,500,502,drop"')
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the random faults")
+    parser.add_argument("--image-patch-size", type=int, default=28,
+                        help="each input_image bills one input token per patch of this many "
+                             "pixels a side, after Qwen's smart_resize (28: Qwen2.5-VL, "
+                             "32: Qwen3-VL; default %(default)s)")
+    parser.add_argument("--max-image-tokens", type=int, default=16384,
+                        help="the most tokens one image costs; larger images are billed as "
+                             "scaled down to fit (default %(default)s)")
     return parser
 
 
@@ -237,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_commit=args.usage_commit,
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
+        image_patch_size=args.image_patch_size,
+        max_image_tokens=args.max_image_tokens,
         **({"fault_mix": args.fault_mix} if args.fault_mix else {}),
     )
     done = threading.Event()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -103,6 +105,87 @@ def test_undecodable_images_are_refused_by_position(
     r = client.post("/responses", json={"model": MODEL, "input": image_input(data)})
     assert r.status_code == 400
     assert r.json()["message"].startswith("input[0].content[1]: image could not be decoded")
+
+
+# --- usage: text by its bytes, images by their patches (Qwen2.5-VL / Qwen3-VL) ---------
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _input_tokens(client: httpx.Client, images: list[bytes], text: str = "Describe") -> int:
+    """The reply's input tokens, less the text's ~4 bytes a token (the body without its
+    data URLs, serialised here so its length is known exactly)."""
+    content: list[dict[str, Any]] = [{"type": "input_text", "text": text}]
+    urls = [f"data:image/jpeg;base64,{base64.b64encode(data).decode()}" for data in images]
+    content += [{"type": "input_image", "image_url": url} for url in urls]
+    raw = json.dumps({"model": MODEL, "input": [{"role": "user", "content": content}]}).encode()
+    r = client.post("/responses", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    text_tokens = max(1, (len(raw) - sum(map(len, urls))) // 4)
+    tokens: int = r.json()["usage"]["input_tokens"]
+    return tokens - text_tokens
+
+
+def test_a_12_mp_photo_bills_one_token_per_28_px_patch(client: httpx.Client) -> None:
+    # smart_resize: 3000 -> 107 x 28, 4000 -> 143 x 28; 2996 x 4004 px is within the
+    # 16384-patch budget (12 845 056 px), so it bills 107 x 143 patches.
+    expected = round(3000 / 28) * round(4000 / 28)
+    assert expected == 15301 and expected <= 16384
+    assert _input_tokens(client, [_jpeg(4000, 3000)]) == expected
+
+
+def test_an_image_beyond_the_budget_is_billed_as_scaled_to_fit(
+    emulator: EmulatorServer, client: httpx.Client
+) -> None:
+    # 6000 x 4500 would be 161 x 214 patches: scaled by beta = sqrt(27e6 / 16384 / 28**2),
+    # each side floored to a multiple of 28.
+    beta = math.sqrt(6000 * 4500 / (16384 * 28 * 28))
+    expected = math.floor(4500 / beta / 28) * math.floor(6000 / beta / 28)
+    assert expected == 110 * 147 and expected <= 16384
+    assert _input_tokens(client, [_jpeg(6000, 4500)]) == expected
+    emulator.configure(max_image_tokens=1000)
+    beta = math.sqrt(4000 * 3000 / (1000 * 28 * 28))
+    assert _input_tokens(client, [_jpeg(4000, 3000)]) == (
+        math.floor(3000 / beta / 28) * math.floor(4000 / beta / 28)) == 27 * 36
+
+
+def test_a_1024_px_image_costs_about_a_thousand_tokens(
+    emulator: EmulatorServer, client: httpx.Client
+) -> None:
+    assert _input_tokens(client, [_jpeg(1024, 768)]) == round(768 / 28) * round(1024 / 28) == (
+        27 * 37)
+    emulator.configure(image_patch_size=32)  # Qwen3-VL
+    assert _input_tokens(client, [_jpeg(1024, 768)]) == (768 // 32) * (1024 // 32) == 768
+    assert _input_tokens(client, [_jpeg(4000, 3000)]) == round(3000 / 32) * round(4000 / 32)
+
+
+def test_every_image_of_a_request_is_billed_and_counted(
+    emulator: EmulatorServer, client: httpx.Client
+) -> None:
+    images = [_jpeg(1024, 768), _jpeg(64, 48)]
+    # 64 x 48 rounds to 56 x 56 (2 x 2 patches), the processors' minimum.
+    assert _input_tokens(client, images) == 27 * 37 + 2 * 2
+    # The counter holds the same bill: both images and ~30 text tokens.
+    assert 27 * 37 + 4 < emulator.stats.input_tokens < 27 * 37 + 4 + 100
+
+
+def test_text_only_requests_bill_their_bytes_as_before(client: httpx.Client) -> None:
+    raw = json.dumps({"model": MODEL, "input": "Write me a poem " * 20}).encode()
+    r = client.post("/responses", content=raw, headers={"content-type": "application/json"})
+    assert r.json()["usage"]["input_tokens"] == len(raw) // 4
+
+
+@pytest.mark.parametrize("name", ["image_patch_size", "max_image_tokens"])
+def test_image_token_settings_must_be_positive_integers(
+    emulator: EmulatorServer, name: str
+) -> None:
+    for bad in (0, -28, 2.5, True, "28"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            emulator.configure(**{name: bad})
 
 
 def test_history_and_system_messages(client: httpx.Client) -> None:
@@ -500,7 +583,8 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
 @pytest.mark.slow
 def test_cli_serves_until_terminated() -> None:
     command = [sys.executable, "-m", "prefect_ig1.sandbox.emulator"]
-    command += ["--port", "0", "--api-key", "k", "--shape", "text"]
+    command += ["--port", "0", "--api-key", "k", "--shape", "text", "--image-patch-size", "32",
+                "--max-image-tokens", "1024"]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -514,6 +598,8 @@ def test_cli_serves_until_terminated() -> None:
                 json={"model": MODEL, "input": "hi"},
             )
             assert r.json()["output_text"] == "Echo: hi"
+            settings = httpx.get(base_url.removesuffix("/v1") + "/_emulator/settings").json()
+            assert (settings["image_patch_size"], settings["max_image_tokens"]) == (32, 1024)
         finally:
             proc.terminate()
             _, errors = proc.communicate(timeout=5)
