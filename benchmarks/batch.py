@@ -49,6 +49,8 @@ def throughput(bench: Bench, *, rows: int, latency: float = 0.2, cap: int = 16) 
     warm = bench.row("[batch] rerun wall ÷ cold wall", target="<= 0.05",
                      check=lambda v: v <= 0.05, digits=3)
     calls = bench.row("[batch] rerun IG1 calls", target="= 0", check=lambda v: v == 0, digits=0)
+    body = bench.row("[batch] rerun: flow body ms per row", digits=3)
+    prefect = bench.row("[batch] rerun: Prefect's flow call around the body (s)")
     folder = Path(tempfile.mkdtemp(prefix="ig1-bench-batch-"))
     for run in range(bench.runs):
         source = write_rows(folder / f"rows-{run}.csv", rows, uuid.uuid4().hex)
@@ -61,8 +63,11 @@ def throughput(bench: Bench, *, rows: int, latency: float = 0.2, cap: int = 16) 
         before = bench.calls()
         start = time.perf_counter()
         rerun = _run(source, cap, prompt)
-        warm.values.append((time.perf_counter() - start) / cold)
+        rerun_wall = time.perf_counter() - start
+        warm.values.append(rerun_wall / cold)
         calls.values.append(bench.calls() - before)
+        body.values.append(rerun.timings["total_s"] * 1000 / rows)
+        prefect.values.append(rerun_wall - rerun.timings["total_s"])
         assert rerun.counts == {"cached": rows}, rerun.headline()
 
 
