@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from prefect.artifacts import create_table_artifact
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from prefect_ig1.client import Response
 from prefect_ig1.tasks.ledger import usage_rows
 
 from .batch_io import CHUNK_ROWS, TableWriter
@@ -55,6 +56,25 @@ class BatchReport(SpendReport):
                 f"{self.input_tokens + self.output_tokens} tokens")
 
 
+class _LineResponse(BaseModel):
+    status_code: int = 200
+    request_id: str | None
+    body: Response
+
+
+class _ResultLine(BaseModel):
+    """The Batch output line shape, plus the row's ``status``."""
+
+    id: str
+    custom_id: str
+    response: _LineResponse | None
+    error: dict[str, str] | None
+    status: str
+
+
+_NOT_IN_BODY: Any = {"response": {"body": {"parsed", "request_id"}}}
+
+
 class ResultSink:
     """results.jsonl (Batch output lines) and the results table, written in input order."""
 
@@ -93,7 +113,7 @@ class ResultSink:
         report.cache_hits += outcome.status == "cached"
         report.input_tokens += outcome.input_tokens
         report.output_tokens += outcome.output_tokens
-        self.results.write(json.dumps(self._line(position, outcome), ensure_ascii=False) + "\n")
+        self.results.write(self._line(position, outcome) + "\n")
         if self.table is not None and row is not None:
             self._rows.append({**row, **self._table_columns(outcome)})
             if len(self._rows) >= CHUNK_ROWS:
@@ -107,18 +127,18 @@ class ResultSink:
                 "output": publishable_markdown(" ".join(one_line(words).split()[:20])),
                 "error": escape_markdown(error[:200])})
 
-    def _line(self, position: int, outcome: RowOutcome) -> dict[str, Any]:
+    def _line(self, position: int, outcome: RowOutcome) -> str:
+        """One line of results.jsonl, serialised by pydantic in one pass (the body is most
+        of a rerun's writing)."""
         digest = hashlib.sha256(f"{self.run_id}:{position}".encode()).hexdigest()[:24]
         response = outcome.response
-        return {
-            "id": f"batch_req_{digest}",
-            "custom_id": outcome.custom_id,
-            "response": None if response is None else {
-                "status_code": 200, "request_id": response.request_id,
-                "body": response.model_dump(mode="json", exclude={"parsed", "request_id"})},
-            "error": outcome.error,
-            "status": outcome.status,
-        }
+        line = _ResultLine(
+            id=f"batch_req_{digest}", custom_id=outcome.custom_id,
+            response=None if response is None else _LineResponse(
+                request_id=response.request_id, body=response),
+            error=outcome.error, status=outcome.status)
+        return line.model_dump_json(exclude=_NOT_IN_BODY)
+
 
     def _table_columns(self, outcome: RowOutcome) -> dict[str, Any]:
         columns: dict[str, Any] = {

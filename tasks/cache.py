@@ -211,9 +211,11 @@ class ResponseCache:
             # Not through a planted symlink, nor blocked on a FIFO: a regular file or a miss.
             fd = os.open(self._folder / key, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as file:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
                     raise FileNotFoundError(key)
-                return file.read(MAX_ENTRY_BYTES + 1)
+                # Sized by the file (a read of the cap itself would allocate 16 MB each time).
+                return file.read(min(status.st_size, MAX_ENTRY_BYTES) + 1)
         read = cast(Callable[..., bytes], self.storage.read_path)
         return read(key, _sync=True)  # sync whatever the caller's context
 
