@@ -267,7 +267,8 @@ def main() -> int:
     parser.add_argument("--largest-scale-runs", type=int, default=1,
                         help="runs at the largest N (10 000: ~3 min each; 3 take the suite "
                         "past 15 min)")
-    parser.add_argument("--only", default="c16,c64,photos,mix,scale,batch,batchmem,prefect",
+    parser.add_argument("--only",
+                        default="c16,c64,photos,mix,scale,batch,batchmem,prefect,listing",
                         help="comma-separated scenarios to run (default: all)")
     args = parser.parse_args()
 
@@ -332,6 +333,10 @@ def _run_scenarios(args: argparse.Namespace, server: PrefectServer) -> Bench:
             batch.memory(bench, server, sizes=(1000, 10_000) if quick else (10_000, 100_000))
         if "prefect" in only:
             prefect_overhead(bench, server)
+        if "listing" in only:
+            from . import listing
+
+            listing.listing_cost(bench, keys=1000 if quick else 2000)
     return bench
 
 
