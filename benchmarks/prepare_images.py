@@ -1,44 +1,153 @@
-"""How much JPEG draft decoding saves on a 12 MP photo: prints figures, asserts nothing.
+"""CPU of image preparation per kind of image: prints figures, asserts nothing.
 
-Run: ``python benchmarks/prepare_images.py`` from the project root.
+Run: ``python -m benchmarks.prepare_images [--runs 7]`` from the project root (with the
+package importable). Each figure is a median of ``--runs`` calls, in CPU ms of the calling
+thread (``time.thread_time``: Pillow decodes, resizes and encodes on it), so other work on
+the machine does not inflate it. Sections:
+
+1. ``prepare_image`` per kind against its alternatives: JPEG draft to the exact target box
+   (the behaviour before ``DRAFT_FLOOR``) and no draft at all.
+2. The JPEG encode of what is sent, with and without ``optimize`` (an extra Huffman pass).
+3. Resizing a 3000x2000 PNG with ``thumbnail``'s ``reducing_gap`` (a cheap integer
+   ``reduce`` first) and with a cheaper filter.
+4. What sending an already small image as it is could save at most: decoding it (still
+   needed to detect truncation) against preparing it.
+5. 12 MP photos on two threads: wall images/s.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import io
 import statistics
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
 
-from prefect_ig1.sandbox.sample_images import large_jpeg
-from prefect_ig1.tasks.images import PreparedImage, _prepare
+from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE, PreparedImage, _prepare, prepare_image
 
-RUNS = 7
+from .corpus import large_png, photo
+
+Prepare = Callable[[bytes], PreparedImage]
+
+# The photo mix of the issue (equal parts), and an image already within the limit.
+KINDS: list[tuple[str, Callable[[], bytes]]] = [
+    ("12 MP JPEG", lambda: photo("bench-12mp")),
+    ("1080p JPEG", lambda: photo("bench-1080p", 1920, 1080)),
+    ("720p PNG", lambda: large_png("bench-720p", 1280, 720, compress_level=6)),
+    ("800x600 JPEG", lambda: photo("bench-small", 800, 600)),
+]
+MIX = ("12 MP JPEG", "1080p JPEG", "720p PNG")
+
+VARIANTS: list[tuple[str, Prepare]] = [
+    ("prepare_image", prepare_image),
+    ("exact draft box", functools.partial(_prepare, draft_floor=1.0)),
+    ("no draft", functools.partial(_prepare, use_draft=False)),
+]
 
 
-def _median_ms(data: bytes, *, use_draft: bool) -> tuple[float, PreparedImage]:
-    _prepare(data, use_draft=use_draft)  # warm up: plugin registration, caches
+def cpu_ms(call: Callable[[], object], runs: int) -> float:
+    """Median CPU ms of ``call`` on this thread, after one warm-up call."""
+    call()
     times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        prepared = _prepare(data, use_draft=use_draft)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, prepared
+    for _ in range(runs):
+        start = time.thread_time()
+        call()
+        times.append(time.thread_time() - start)
+    return statistics.median(times) * 1000
+
+
+def _decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        copy: Image.Image = image.copy()
+    return copy
+
+
+def _encoded_size(image: Image.Image, **options: object) -> int:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85, **options)
+    return out.tell()
+
+
+def prepare_table(inputs: dict[str, bytes], runs: int) -> None:
+    print(f"1. prepare_image and alternatives, median CPU ms of {runs} calls")
+    print(f"   {'kind':<13} {'bytes in':>10} {'variant':<16} {'CPU ms':>7} {'bytes out':>10}  sent")
+    mix: list[float] = []
+    for kind, data in inputs.items():
+        for label, prepare in VARIANTS:
+            ms = cpu_ms(functools.partial(prepare, data), runs)
+            out = prepare(data)
+            if label == "prepare_image" and kind in MIX:
+                mix.append(ms)
+            print(f"   {kind:<13} {len(data):>10,} {label:<16} {ms:>7.1f} {len(out.data):>10,}  "
+                  f"{out.width}x{out.height}")
+    print(f"   photo mix ({' + '.join(MIX)}, equal parts): {statistics.fmean(mix):.1f} ms "
+          "per image")
+
+
+def encode_table(inputs: dict[str, bytes], runs: int) -> None:
+    print("\n2. JPEG q85 encode of what is sent: optimize=True vs False")
+    for kind, data in inputs.items():
+        prepared = prepare_image(data)
+        image = _decoded(prepared.data)
+        row = []
+        for optimize in (True, False):
+            ms = cpu_ms(functools.partial(_encoded_size, image, optimize=optimize), runs)
+            size = _encoded_size(image, optimize=optimize)
+            row.append(f"optimize={optimize!s:<5} {ms:5.1f} ms {size:>8,} B")
+        print(f"   {kind:<13} {image.width}x{image.height}: " + "   ".join(row))
+
+
+def resize_table(runs: int) -> None:
+    image = _decoded(large_png("bench-6mp"))
+    side = DEFAULT_MAX_IMAGE_SIDE
+    print(f"\n3. thumbnail of a decoded {image.width}x{image.height} PNG to {side} px")
+    bicubic, bilinear = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
+    for label, resample, gap in (("bicubic, reducing_gap=2 (default)", bicubic, 2.0),
+                                 ("bicubic, reducing_gap=1", bicubic, 1.0),
+                                 ("bicubic, reducing_gap=3", bicubic, 3.0),
+                                 ("bilinear, reducing_gap=2", bilinear, 2.0)):
+        def shrink(resample: Image.Resampling = resample, gap: float = gap) -> None:
+            image.copy().thumbnail((side, side), resample, reducing_gap=gap)
+        print(f"   {label:<34} {cpu_ms(shrink, runs):6.1f} ms")
+
+
+def pass_through_table(inputs: dict[str, bytes], runs: int) -> None:
+    print("\n4. images within the limit: decode only (the truncation check) vs prepare_image")
+    for kind, data in inputs.items():
+        with Image.open(io.BytesIO(data)) as header:
+            if max(header.size) > DEFAULT_MAX_IMAGE_SIDE:
+                continue
+        decode = cpu_ms(functools.partial(_decoded, data), runs)
+        full = cpu_ms(functools.partial(prepare_image, data), runs)
+        print(f"   {kind:<13} decode {decode:.1f} ms, prepare {full:.1f} ms: a pass-through "
+              f"saves at most {full - decode:.1f} ms")
+
+
+def throughput(data: bytes, images: int, threads: int = 2) -> None:
+    prepare_image(data)
+    start, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(prepare_image, [data] * images))
+    wall, used = time.perf_counter() - start, time.process_time() - cpu
+    print(f"\n5. {images} x 12 MP JPEG on {threads} threads: {images / wall:.1f} images/s, "
+          f"{used / images * 1000:.1f} ms CPU per image (process)")
 
 
 def main() -> None:
-    name, data = large_jpeg()
-    drafted_ms, drafted = _median_ms(data, use_draft=True)
-    full_ms, full = _median_ms(data, use_draft=False)
-    print(f"{name}: {len(data):,} bytes in, median of {RUNS} runs")
-    for label, ms, prepared in (("draft", drafted_ms, drafted), ("no draft", full_ms, full)):
-        print(
-            f"  {label:>8}: {ms:7.1f} ms -> {prepared.width}x{prepared.height} "
-            f"{len(prepared.data):,} bytes (ratio {len(prepared.data) / len(data):.3f})"
-        )
-    print(f"  speed-up: {full_ms / drafted_ms:.2f}x")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    inputs = {kind: make() for kind, make in KINDS}
+    prepare_table(inputs, args.runs)
+    encode_table(inputs, args.runs)
+    resize_table(args.runs)
+    pass_through_table(inputs, args.runs)
+    throughput(inputs["12 MP JPEG"], images=4 * args.runs)
 
 
 if __name__ == "__main__":
