@@ -237,9 +237,9 @@ def test_a_12_megapixel_jpeg_is_sent_as_a_small_fraction() -> None:
     assert len(prepared.data) < 0.25 * len(data)
 
 
-def _flat_jpeg(width: int, height: int) -> bytes:
+def _flat(width: int, height: int, fmt: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, "JPEG")
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, fmt)
     return buffer.getvalue()
 
 
@@ -260,15 +260,43 @@ def _flat_jpeg(width: int, height: int) -> bytes:
 ])
 def test_the_longest_side_sent_is_within_10_percent_under_the_limit(
         size: tuple[int, int], max_image_side: int, sent: tuple[int, int]) -> None:
-    prepared = prepare_image(_flat_jpeg(*size), max_image_side=max_image_side)
+    prepared = prepare_image(_flat(*size), max_image_side=max_image_side)
     assert (prepared.width, prepared.height) == sent
     assert _open(prepared).size == sent
     assert 0.9 * max_image_side <= max(sent) <= max_image_side
 
 
+@pytest.mark.parametrize(("size", "sent"), [
+    ((3000, 2000), (1000, 667)),  # 3 x 3 blocks averaged, no resize
+    ((2048, 1536), (1024, 768)),  # 2 x 2
+    ((2100, 1000), (1024, 488)),  # 2 x 2 to 1050 px, then resized
+    ((1280, 720), (1024, 576)),  # 2 x 2 would be 640 px: resized
+    ((1843, 1000), (922, 500)),  # 2 x 2 lands exactly on 0.9 x 1024, rounded up
+    ((4000, 3), (1000, 1)),  # a thin strip
+])
+def test_other_formats_follow_the_same_10_percent_rule(
+        size: tuple[int, int], sent: tuple[int, int]) -> None:
+    prepared = prepare_image(_flat(*size, fmt="PNG"))
+    assert (prepared.width, prepared.height) == sent
+    assert _open(prepared).size == sent
+    assert 0.9 * 1024 <= max(sent) <= 1024
+
+
+def test_a_see_through_image_keeps_its_alpha_when_blocks_are_averaged() -> None:
+    image = Image.new("RGB", (3000, 2000), (40, 90, 160))
+    prepared = prepare_image(_png(_with_alpha(image)))
+    sent = _open(prepared)
+    assert (prepared.mime_type, sent.mode, sent.size) == ("image/png", "RGBA", (1000, 667))
+    low, high = sent.getchannel("A").getextrema()  # type: ignore[misc]
+    assert low < 10 and high > 245  # the gradient survives
+    pixel = sent.getpixel((500, 333))  # half see-through: colour kept (premultiplied rounding)
+    assert isinstance(pixel, tuple)
+    assert all(abs(got - want) <= 2 for got, want in zip(pixel[:3], (40, 90, 160), strict=True))
+
+
 def test_the_pixel_cap_counts_the_tolerant_draft_size() -> None:
     """4000x3000 decodes at 1000x750 = 750,000 pixels: that is what the cap compares."""
-    data = _flat_jpeg(4000, 3000)
+    data = _flat(4000, 3000)
     assert prepare_image(data, max_image_pixels=750_000).width == 1000
     with pytest.raises(ImageRejected) as caught:
         prepare_image(data, max_image_pixels=749_999)
