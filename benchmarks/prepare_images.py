@@ -16,7 +16,8 @@ the machine does not inflate it. Sections:
 Against an older checkout (``PYTHONPATH=<old>/src``), the variants it lacks are skipped.
 4. What sending an already small image as it is could save at most: decoding it (still
    needed to detect truncation) against preparing it.
-5. 12 MP photos on two threads: wall images/s.
+5. 12 MP photos on one and two threads: wall images/s.
+6. The gallery thumbnail (``thumbnail_jpeg``) of what is sent.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from prefect_ig1.sandbox.sample_images import _scene
-from prefect_ig1.tasks.images import DEFAULT_MAX_IMAGE_SIDE, PreparedImage, _prepare, prepare_image
+from prefect_ig1.tasks.images import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    PreparedImage,
+    _prepare,
+    prepare_image,
+    thumbnail_jpeg,
+)
 
 from .corpus import large_png, photo
 
@@ -170,6 +177,17 @@ def throughput(data: bytes, images: int) -> None:
               f"{2 / used * images:.0f} images/s")
 
 
+def thumbnail_table(inputs: dict[str, bytes], runs: int) -> None:
+    print("\n6. gallery thumbnail of what is sent")
+    for kind, data in inputs.items():
+        prepared = prepare_image(data)
+        ms = cpu_ms(functools.partial(thumbnail_jpeg, prepared), runs)
+        with Image.open(io.BytesIO(thumbnail_jpeg(prepared))) as thumbnail:
+            size = thumbnail.size
+        print(f"   {kind:<13} from {prepared.width}x{prepared.height}: {ms:5.2f} ms -> "
+              f"{size[0]}x{size[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -180,6 +198,7 @@ def main() -> None:
     resize_table(inputs, args.runs)
     pass_through_table(inputs, args.runs)
     throughput(inputs["12 MP JPEG"], images=4 * args.runs)
+    thumbnail_table(inputs, args.runs)
 
 
 if __name__ == "__main__":

@@ -355,10 +355,11 @@ def _encode(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
 
 def thumbnail_jpeg(prepared: PreparedImage, *, size: int = 256, quality: int = 70) -> bytes:
     """A small JPEG of what was sent, for the run's gallery: made from the prepared image (at
-    most ``size`` px already), so the source is never read twice; at most
-    ``THUMBNAIL_MAX_BYTES`` (lower quality, then fewer pixels, for noisy pictures)."""
+    most ``size`` px, down to 0.9 x ``size`` as ``DRAFT_FLOOR`` allows), so the source is never
+    read twice; at most ``THUMBNAIL_MAX_BYTES`` (lower quality, then fewer pixels, for noisy
+    pictures)."""
     with Image.open(io.BytesIO(prepared.data)) as source:
-        source.draft("RGB", (size, size))  # JPEG: decoded at 1/2..1/8 scale directly
+        _draft(source, size, DRAFT_FLOOR)  # JPEG: 1000x750 decodes at 1/4, 250x188 (~1 ms)
         image = source.convert("RGBA") if source.mode in ("RGBA", "LA", "P") else source.copy()
     if image.mode == "RGBA":  # a see-through PNG: flatten on white, as a page shows it
         flat = Image.new("RGB", image.size, (255, 255, 255))

@@ -17,7 +17,13 @@ import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from prefect_ig1.sandbox import sample_images as samples
-from prefect_ig1.tasks.images import ImageRejected, PreparedImage, _prepare, prepare_image
+from prefect_ig1.tasks.images import (
+    ImageRejected,
+    PreparedImage,
+    _prepare,
+    prepare_image,
+    thumbnail_jpeg,
+)
 
 
 def _open(prepared: PreparedImage) -> Image.Image:
@@ -292,6 +298,19 @@ def test_a_see_through_image_keeps_its_alpha_when_blocks_are_averaged() -> None:
     pixel = sent.getpixel((500, 333))  # half see-through: colour kept (premultiplied rounding)
     assert isinstance(pixel, tuple)
     assert all(abs(got - want) <= 2 for got, want in zip(pixel[:3], (40, 90, 160), strict=True))
+
+
+@pytest.mark.parametrize(("size", "fmt", "thumbnail"), [
+    ((4000, 3000), "JPEG", (250, 188)),  # sent as 1000x750, whose 1/4 scale is the thumbnail
+    ((1280, 720), "JPEG", (256, 144)),  # sent as 1024x576: 1/4 scale
+    ((800, 600), "JPEG", (256, 192)),  # 1/4 would be 200 px: 1/2, then resized
+    ((3000, 2000), "PNG", (250, 167)),  # sent as a 1000x667 JPEG
+])
+def test_a_gallery_thumbnail_follows_the_same_10_percent_rule(
+        size: tuple[int, int], fmt: str, thumbnail: tuple[int, int]) -> None:
+    prepared = prepare_image(_flat(*size, fmt=fmt))
+    with Image.open(io.BytesIO(thumbnail_jpeg(prepared))) as image:
+        assert (image.format, image.size) == ("JPEG", thumbnail)
 
 
 def test_the_pixel_cap_counts_the_tolerant_draft_size() -> None:
