@@ -49,10 +49,10 @@ def photo(key: str, width: int = 4000, height: int = 3000) -> bytes:
     return buffer.getvalue()
 
 
-def large_png(key: str, width: int = 3000, height: int = 2000, compress_level: int = 1) -> bytes:
-    """A 3000x2000 RGB PNG by default, like an exported screenshot or scan."""
+def large_png(key: str) -> bytes:
+    """A 3000x2000 RGB PNG, like an exported screenshot or scan."""
     buffer = io.BytesIO()
-    _marked(key, width, height).save(buffer, "PNG", compress_level=compress_level)
+    _marked(key, 3000, 2000).save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -43,15 +43,16 @@ from prefect_ig1.tasks.images import (
     thumbnail_jpeg,
 )
 
-from .corpus import large_png, photo
+from .corpus import hd_jpeg, hd_png, large_png, photo
 
 Prepare = Callable[[bytes], PreparedImage]
 
-# The photo mix of the issue (equal parts), and an image already within the limit.
+# The photo mix of the issue and of the suite's ``mix`` (equal parts), an image already within
+# the limit, a see-through one, and the suite's 6 MP PNG.
 KINDS: list[tuple[str, Callable[[], bytes]]] = [
     ("12 MP JPEG", lambda: photo("bench-12mp")),
-    ("1080p JPEG", lambda: photo("bench-1080p", 1920, 1080)),
-    ("720p PNG", lambda: large_png("bench-720p", 1280, 720, compress_level=6)),
+    ("1080p JPEG", lambda: hd_jpeg("bench-1080p")),
+    ("720p PNG", lambda: hd_png("bench-720p")),
     ("800x600 JPEG", lambda: photo("bench-small", 800, 600)),
     ("alpha PNG", lambda: _alpha_png(1024, 768)),
     ("6 MP PNG", lambda: large_png("bench-6mp")),  # as in the suite's photos scenario
