@@ -42,10 +42,10 @@ def _marked(key: str, width: int, height: int) -> Image.Image:
     return image
 
 
-def photo(key: str) -> bytes:
-    """A 12 MP (4000x3000) JPEG at quality 90, as a phone camera would write it."""
+def photo(key: str, width: int = 4000, height: int = 3000) -> bytes:
+    """A 12 MP (4000x3000) JPEG by default, at quality 90, as a phone camera would write it."""
     buffer = io.BytesIO()
-    _marked(key, 4000, 3000).save(buffer, "JPEG", quality=90)
+    _marked(key, width, height).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 

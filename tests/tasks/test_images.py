@@ -17,7 +17,13 @@ import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from prefect_ig1.sandbox import sample_images as samples
-from prefect_ig1.tasks.images import ImageRejected, PreparedImage, _prepare, prepare_image
+from prefect_ig1.tasks.images import (
+    ImageRejected,
+    PreparedImage,
+    _prepare,
+    prepare_image,
+    thumbnail_jpeg,
+)
 
 
 def _open(prepared: PreparedImage) -> Image.Image:
@@ -228,20 +234,124 @@ def test_photo_is_downscaled_keeping_its_aspect() -> None:
 
 
 def test_a_12_megapixel_jpeg_is_sent_as_a_small_fraction() -> None:
+    """Decoded at 1/4 scale (1000x750), not at 1/2 then resized: within 10 % of 1024 px."""
     _, data = samples.large_jpeg()
     prepared = prepare_image(data)
     assert (prepared.source_width, prepared.source_height) == (4000, 3000)
-    assert (prepared.width, prepared.height) == (1024, 768)
+    assert (prepared.width, prepared.height) == (1000, 750)
     assert prepared.mime_type == "image/jpeg"
     assert len(prepared.data) < 0.25 * len(data)
 
 
-def test_draft_decoding_changes_speed_not_the_result_size() -> None:
+def _flat(width: int, height: int, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("size", "max_image_side", "sent"), [
+    ((4000, 3000), 1024, (1000, 750)),  # 1/4
+    ((3000, 4000), 1024, (750, 1000)),
+    ((4032, 3024), 1024, (1008, 756)),  # an iPhone photo, 1/4
+    ((1920, 1080), 1024, (960, 540)),  # 1/2
+    ((1843, 1000), 1024, (922, 500)),  # 1/2 lands exactly on 0.9 x 1024 (921.6, rounded up)
+    ((1840, 1000), 1024, (1024, 557)),  # 1/2 would be 920 px, under 0.9 x 1024: resized
+    ((4608, 3456), 1024, (1024, 768)),  # 1/4 is 1152 px, then resized
+    ((6000, 4000), 1024, (1024, 683)),  # 1/8 would be 750 px: 1/4, then resized
+    ((1280, 720), 1024, (1024, 576)),  # 1/2 would be 640 px
+    ((10_000, 8000), 1024, (1024, 819)),  # 1/8 is 1250 px, then resized
+    ((5000, 7), 1024, (1024, 2)),  # a thin strip: its short side does not stop the draft
+    ((4000, 3000), 500, (500, 375)),  # 1/8
+    ((4000, 3000), 4000, (4000, 3000)),  # within the limit: not drafted
+])
+def test_the_longest_side_sent_is_within_10_percent_under_the_limit(
+        size: tuple[int, int], max_image_side: int, sent: tuple[int, int]) -> None:
+    prepared = prepare_image(_flat(*size), max_image_side=max_image_side)
+    assert (prepared.width, prepared.height) == sent
+    assert _open(prepared).size == sent
+    assert 0.9 * max_image_side <= max(sent) <= max_image_side
+
+
+@pytest.mark.parametrize(("size", "sent"), [
+    ((3000, 2000), (1000, 667)),  # 3 x 3 blocks averaged, no resize
+    ((2048, 1536), (1024, 768)),  # 2 x 2
+    ((2100, 1000), (1024, 488)),  # 2 x 2 to 1050 px, then resized
+    ((1280, 720), (1024, 576)),  # 2 x 2 would be 640 px: resized
+    ((1843, 1000), (922, 500)),  # 2 x 2 lands exactly on 0.9 x 1024, rounded up
+    ((4000, 3), (1000, 1)),  # a thin strip
+])
+def test_other_formats_follow_the_same_10_percent_rule(
+        size: tuple[int, int], sent: tuple[int, int]) -> None:
+    prepared = prepare_image(_flat(*size, fmt="PNG"))
+    assert (prepared.width, prepared.height) == sent
+    assert _open(prepared).size == sent
+    assert 0.9 * 1024 <= max(sent) <= 1024
+
+
+def test_a_see_through_image_keeps_its_alpha_when_blocks_are_averaged() -> None:
+    image = Image.new("RGB", (3000, 2000), (40, 90, 160))
+    prepared = prepare_image(_png(_with_alpha(image)))
+    sent = _open(prepared)
+    assert (prepared.mime_type, sent.mode, sent.size) == ("image/png", "RGBA", (1000, 667))
+    low, high = sent.getchannel("A").getextrema()  # type: ignore[misc]
+    assert low < 10 and high > 245  # the gradient survives
+    pixel = sent.getpixel((500, 333))  # half see-through: colour kept (premultiplied rounding)
+    assert isinstance(pixel, tuple)
+    assert all(abs(got - want) <= 2 for got, want in zip(pixel[:3], (40, 90, 160), strict=True))
+
+
+@pytest.mark.parametrize(("size", "fmt", "thumbnail"), [
+    ((4000, 3000), "JPEG", (250, 188)),  # sent as 1000x750, whose 1/4 scale is the thumbnail
+    ((1280, 720), "JPEG", (256, 144)),  # sent as 1024x576: 1/4 scale
+    ((800, 600), "JPEG", (256, 192)),  # 1/4 would be 200 px: 1/2, then resized
+    ((3000, 2000), "PNG", (250, 167)),  # sent as a 1000x667 JPEG
+])
+def test_a_gallery_thumbnail_follows_the_same_10_percent_rule(
+        size: tuple[int, int], fmt: str, thumbnail: tuple[int, int]) -> None:
+    prepared = prepare_image(_flat(*size, fmt=fmt))
+    with Image.open(io.BytesIO(thumbnail_jpeg(prepared))) as image:
+        assert (image.format, image.size) == ("JPEG", thumbnail)
+
+
+def test_the_pixel_cap_counts_the_tolerant_draft_size() -> None:
+    """4000x3000 decodes at 1000x750 = 750,000 pixels: that is what the cap compares."""
+    data = _flat(4000, 3000)
+    assert prepare_image(data, max_image_pixels=750_000).width == 1000
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data, max_image_pixels=749_999)
+    assert caught.value.reason == "too_many_pixels"
+    assert "1000x750 when drafted" in caught.value.message
+
+
+def test_draft_decoding_changes_speed_not_the_picture() -> None:
+    """Drafted to 1000x750 or decoded whole and resized to 1024x768: the same picture."""
     _, data = samples.large_jpeg()
     drafted, full = _prepare(data, use_draft=True), _prepare(data, use_draft=False)
-    assert (drafted.width, drafted.height) == (full.width, full.height)
-    difference = ImageStat.Stat(ImageChops.difference(_open(drafted), _open(full))).mean
+    assert (drafted.width, drafted.height) == (1000, 750)
+    assert (full.width, full.height) == (1024, 768)
+    resized = _open(full).resize(_open(drafted).size, Image.Resampling.BICUBIC)
+    difference = ImageStat.Stat(ImageChops.difference(_open(drafted), resized)).mean
     assert max(difference) < 8  # the same picture, within JPEG noise
+
+
+def test_gps_and_other_metadata_never_reach_the_output() -> None:
+    """EXIF (GPS included), comments and ICC profiles are dropped, drafted or not."""
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMakerName"  # Make
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)})
+    for size in ((4000, 3000), (1920, 1080), (640, 480)):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (200, 100, 50)).save(
+            buffer, "JPEG", exif=exif, comment=b"CommentSecret", icc_profile=b"IccSecret" * 16)
+        data = buffer.getvalue()
+        assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)  # the source has GPS
+        prepared = prepare_image(data)
+        sent = _open(prepared)
+        assert len(sent.getexif()) == 0 and not sent.getexif().get_ifd(0x8825)
+        assert not {"exif", "comment", "icc_profile", "xmp"} & set(sent.info)
+        for secret in (b"PhoneMakerName", b"CommentSecret", b"IccSecret", b"Exif\x00"):
+            assert secret not in prepared.data
 
 
 # 4: the first frame of an animation.
@@ -368,6 +478,11 @@ def test_output_is_byte_identical_for_the_same_input(name: str, data: bytes) -> 
     first, second = prepare_image(data), prepare_image(bytes(data))
     assert hashlib.sha256(first.data).digest() == hashlib.sha256(second.data).digest()
     assert first == second
+
+
+def test_a_drafted_photo_is_byte_identical_too() -> None:
+    _, data = samples.large_jpeg()
+    assert prepare_image(data).data == prepare_image(bytes(data)).data
 
 
 def test_distinct_inputs_or_options_give_distinct_outputs() -> None:
