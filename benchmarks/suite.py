@@ -118,7 +118,8 @@ def throughput(bench: Bench, *, images: int, latency: float, cap: int, label: st
     warm_calls = bench.row(f"[{label}] warm rerun IG1 calls", target="= 0",
                            check=lambda v: v == 0, digits=0) if baseline else None
     warm_body = bench.row(f"[{label}] warm rerun: flow body (s)") if baseline else None
-    warm_prefect = bench.row(f"[{label}] warm rerun: run outputs, artifacts, Prefect's flow call (s)") \
+    warm_prefect = bench.row(
+        f"[{label}] warm rerun: run outputs, artifacts, Prefect's flow call (s)") \
         if baseline else None
     versus = bench.row(f"[{label}] flow wall ÷ naive script wall (cold)", target="<= 0.85",
                        check=lambda v: v <= 0.85, digits=3) if baseline else None
