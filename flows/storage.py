@@ -334,8 +334,8 @@ def object_exists(client: S3Client, bucket: str, key: str) -> bool:
     if store is not None:
         try:
             obstore.head(store, key)
-        except NotFoundError:  # a 404, which boto3 reports as False too
-            return False
+        except (FileNotFoundError, NotFoundError):  # a 404 (obstore raises the builtin
+            return False  # FileNotFoundError for it), which boto3 reports as False too
         except Exception:  # noqa: S110 - boto3 redoes it and raises today's errors
             pass
         else:
