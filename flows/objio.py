@@ -14,7 +14,8 @@ on any obstore failure, so a missing key or bucket, denied access or S3 being do
 surface as today's ``ClientError``/``BotoCoreError``. The one exception is HEAD's
 404, which boto3 reports as ``False`` too. The store takes its credentials from the
 boto3 session (``Boto3CredentialProvider``, refreshed as boto3 refreshes them), so no
-secret sits in its configuration, repr or errors.
+secret sits in its configuration, repr or errors. What a caller cannot see any more:
+botocore's event hooks on the client fire only for the calls boto3 still makes.
 """
 
 from __future__ import annotations

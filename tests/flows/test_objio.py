@@ -178,3 +178,11 @@ def test_the_secret_is_in_no_store_repr_or_configuration(
              str(vars(stores))]
     assert not [text for text in shown if SECRET in text]
     assert "testing" not in str(store.config)  # not even the access key: the provider has it
+
+
+def test_without_obstore_every_client_keeps_boto3(
+        local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objio, "HAVE_OBSTORE", False)  # as on Python 3.10
+    fresh = local_s3.client()
+    objio.register_session(fresh, lambda: pytest.fail("no session needed"))
+    assert objio.store_for(fresh, "photos", "a.jpg") is None
