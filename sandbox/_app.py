@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import secrets
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -78,6 +79,8 @@ class ResponsesEndpoint:
         with state.lock:
             stats = state.stats
             stats.requests += 1
+            stats.arrived_at.append(time.time())
+            del stats.arrived_at[:-RECEIVED_LIMIT]
             if body is not None:
                 stats.received.append(body)
                 del stats.received[:-RECEIVED_LIMIT]

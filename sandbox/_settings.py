@@ -201,6 +201,8 @@ class EmulatorStats:
     """429s sent by the `rate_limit_rps` bucket."""
     received: list[dict[str, Any]] = field(default_factory=list)
     """Parsed JSON bodies of the last 1000 POST /v1/responses, oldest first."""
+    arrived_at: list[float] = field(default_factory=list)
+    """Wall-clock times (epoch) the last 1000 POST /v1/responses arrived, oldest first."""
     usage_requests: int = 0
     """GET /usage and /usage/history calls."""
     spent: float = 0.0
