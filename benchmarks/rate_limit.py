@@ -1,12 +1,14 @@
 """One throttle for rate limits: calls/s and 429s at a gateway limit, throttled or not.
 
     python -m benchmarks.rate_limit [--rate 20] [--concurrency 16] [--latency 0.2] [--calls 300]
-                                    [--runs 3] [--workers 2]
+                                    [--runs 3] [--workers 2] [--only-workers] [--window 5]
 
 The emulator accepts ``--rate`` requests per second (a bucket of one second's worth) and
-answers 429 with the wait until the next would pass. The engine sends ``--calls``
-distinct prompts with ``--concurrency`` in flight, real backoff, first with the client's
-shared throttle, then with it switched off (each 429 delays only its own request).
+answers 429 with the wait until the next would pass (with ``--window``: a quota of
+rate x window requests per fixed window, 429 with the wait until the window ends). The
+engine sends ``--calls`` distinct prompts with ``--concurrency`` in flight, real backoff,
+first with the client's shared throttle, then with it switched off (each 429 delays only
+its own request).
 
 Then ``--workers`` processes, ``--concurrency / workers`` in flight each, send the same
 calls between them under one Prefect global concurrency limit (``--concurrency`` slots,
@@ -42,7 +44,8 @@ def one_run(emulator: EmulatorServer, args: argparse.Namespace,
             throttled: bool) -> tuple[float, int, int, int]:
     """(calls/s, 429s, requests, failed calls) of one run."""
     emulator.reset()
-    emulator.configure(rate_limit_rps=args.rate, latency=args.latency)
+    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window,
+                       latency=args.latency)
     credentials = IG1Credentials(api_key=SecretStr(KEY), base_url=emulator.base_url)
     client = credentials.get_client()
     client.throttle = Throttle(max_pause=client.retry_policy.max_retry_after)
@@ -82,7 +85,8 @@ def workers_run(emulator: EmulatorServer, args: argparse.Namespace, env: dict[st
                 limit: str, share: bool) -> dict[str, Any]:
     """Combined calls/s, 429s, requests, failed calls, Variable writes/reads of one run."""
     emulator.reset()
-    emulator.configure(rate_limit_rps=args.rate, latency=args.latency)
+    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window,
+                       latency=args.latency)
     tag = uuid.uuid4().hex[:8]
     each = args.calls // args.workers
     processes = [subprocess.Popen(
@@ -146,6 +150,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", type=float, default=None,
+                        help="a quota of rate x window per fixed window (Retry-After up to "
+                             "the window) instead of the one-second bucket")
     parser.add_argument("--workers", type=int, default=2, help="0: no many-worker rows")
     parser.add_argument("--only-workers", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -157,7 +164,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    print(f"R = {args.rate:g}/s, C = {args.concurrency}, latency {args.latency:g} s, "
+    limit = f"{args.rate * args.window:g} per {args.window:g} s window, " if args.window else ""
+    print(f"R = {args.rate:g}/s, {limit}C = {args.concurrency}, latency {args.latency:g} s, "
           f"{args.calls} calls, median of {args.runs}")
     print("| throttle | calls/s ÷ R | 429s / requests | failed calls |")
     print("|---|---|---|---|")

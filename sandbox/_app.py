@@ -90,7 +90,8 @@ class ResponsesEndpoint:
             capped = (
                 settings.max_in_flight is not None and stats.in_flight >= settings.max_in_flight
             )
-            rate_wait = (state.rate_limit_wait(settings.rate_limit_rps)
+            rate_wait = (state.rate_limit_wait(settings.rate_limit_rps,
+                                                 settings.rate_limit_window)
                          if authorized and not capped else 0.0)
             if rate_wait:
                 stats.rate_limited += 1

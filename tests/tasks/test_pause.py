@@ -59,7 +59,6 @@ def test_variable_names_are_valid_prefect_names_one_per_limit() -> None:
         assert re.fullmatch(r"[a-z0-9_-]{1,255}", variable)
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("real_waits")
 def test_a_burst_is_one_write_the_moment_never_moves_back_and_others_hold(
         limit_name: str) -> None:
