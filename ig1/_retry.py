@@ -12,7 +12,7 @@ import asyncio
 import email.utils
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,9 @@ class Throttle:
     0.3 %, so the pace settles at the limit (measured: 1.00 x R, ~5 % 429s, in
     ``benchmarks.rate_limit``) and returns to full speed once the limit is gone.
     ``stamina.set_testing(True)`` turns the waits off, as it turns off backoff.
+
+    Other processes learn of a 429 through ``subscribe`` (each hold is announced) and
+    ``pause`` (a hold that leaves the pace alone): ``prefect_ig1.tasks.pause``.
     """
 
     BACKOFF = 1.15
@@ -112,6 +115,18 @@ class Throttle:
         self._next = 0.0
         self._episode_ends = 0.0
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[float], None]] = []
+
+    def subscribe(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(seconds)`` after each hold, to pass the pause on (never raise in it)."""
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[float], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def hold(self, seconds: float | None) -> None:
         """A 429 said to wait ``seconds``: hold every send that long, and space them."""
@@ -126,6 +141,17 @@ class Throttle:
             else:
                 self.interval = max(self.interval, seconds)
             self._next = max(self._next, now + seconds)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(seconds)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every send ``seconds`` without slowing the pace: another process's 429 says
+        when the shared limit reopens, not how fast this process may send."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + min(seconds, self.max_pause))
 
     def succeeded(self) -> None:
         """An accepted request: the pace may quicken."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import secrets
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -79,6 +80,8 @@ class ResponsesEndpoint:
         with state.lock:
             stats = state.stats
             stats.requests += 1
+            stats.arrived_at.append(time.time())
+            del stats.arrived_at[:-RECEIVED_LIMIT]
             if body is not None:
                 stats.received.append(body)
                 del stats.received[:-RECEIVED_LIMIT]
@@ -88,7 +91,8 @@ class ResponsesEndpoint:
             capped = (
                 settings.max_in_flight is not None and stats.in_flight >= settings.max_in_flight
             )
-            rate_wait = (state.rate_limit_wait(settings.rate_limit_rps)
+            rate_wait = (state.rate_limit_wait(settings.rate_limit_rps,
+                                                 settings.rate_limit_window)
                          if authorized and not capped else 0.0)
             if rate_wait:
                 stats.rate_limited += 1

@@ -40,6 +40,10 @@ class EmulatorSettings:
     rate_limit_rps: float | None = None
     """Requests per second accepted (a bucket of one second's worth); beyond it, 429 with
     the wait until the next request would be accepted, as a gateway's rate limit does."""
+    rate_limit_window: float | None = None
+    """With `rate_limit_rps`: fixed windows of this many seconds, each accepting rps x window
+    requests; beyond, 429 with the wait until the window ends (a quota gateway: a
+    Retry-After of seconds, not of one request's spacing)."""
     budget_requests: int | None = None
     """After this many successful replies every further one is 402 "Commit exceeded"."""
     revoke_key_after: int | None = None
@@ -207,6 +211,8 @@ class EmulatorStats:
     """429s sent by the `rate_limit_rps` bucket."""
     received: list[dict[str, Any]] = field(default_factory=list)
     """Parsed JSON bodies of the last 1000 POST /v1/responses, oldest first."""
+    arrived_at: list[float] = field(default_factory=list)
+    """Wall-clock times (epoch) the last 1000 POST /v1/responses arrived, oldest first."""
     usage_requests: int = 0
     """GET /usage and /usage/history calls."""
     spent: float = 0.0
@@ -252,14 +258,23 @@ class EmulatorState:
         self._answered: set[str] = set()  # body digests answered successfully
         self._tokens: float | None = None  # the `rate_limit_rps` bucket; None: full
         self._refilled_at = time.monotonic()
+        self._window_ends = 0.0  # the `rate_limit_window` now counting, and its count
+        self._window_used = 0
 
-    def rate_limit_wait(self, rate: float | None) -> float:
+    def rate_limit_wait(self, rate: float | None, window: float | None = None) -> float:
         """0 when a request may pass now (it takes a token), else seconds until one may.
         Call with the lock held."""
         now = time.monotonic()
         if rate is None:
             self._tokens = None
             return 0.0
+        if window:
+            if now >= self._window_ends:
+                self._window_ends, self._window_used = now + window, 0
+            if self._window_used < rate * window:
+                self._window_used += 1
+                return 0.0
+            return self._window_ends - now
         refill = (now - self._refilled_at) * rate
         self._tokens = rate if self._tokens is None else min(rate, self._tokens + refill)
         self._refilled_at = now
@@ -326,5 +341,6 @@ class EmulatorState:
             self._seen.clear()
             self._answered.clear()
             self._tokens = None
+            self._window_ends = 0.0
             for f in dataclasses.fields(EmulatorSettings):
                 setattr(self.settings, f.name, copy.deepcopy(getattr(self._defaults, f.name)))

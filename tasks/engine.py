@@ -14,6 +14,8 @@
 - at most ``max_concurrency`` calls in flight, and one slot of the Prefect global
   concurrency limit ``concurrency_limit_name`` per call for all workers (strict; a slot
   not granted within ``slot_timeout_seconds`` is a transient ``TimeoutError``);
+- under ``concurrency_limit_name``, a 429's ``Retry-After`` pauses every worker of the
+  limit, not only this process (a Prefect Variable, ``prefect_ig1.tasks.pause``);
 - 401/403/402 stop the run before the refused call's slot is freed: no waiting call is
   sent after the first refusal (they raise ``NotAttempted``);
 - a transient failure gets one slower second chance after ``retry_delay_seconds``;
@@ -52,6 +54,7 @@ from prefect_ig1.client import AuthenticationError, BudgetExhaustedError, Respon
 
 from .cache import ResponseCache
 from .ledger import Ledger, SpendCap, SpendCapReached
+from .pause import SharedPause
 from .responses import PreparedCall, create_response, prepare_call, send_cached
 
 __all__ = [
@@ -135,6 +138,8 @@ class CallEngine:
                             prices=prices)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self.shared_pause = SharedPause(concurrency_limit_name) if concurrency_limit_name else None
+        """Tells the limit's other workers of this run's 429s, and holds it on theirs."""
         self._workers = ThreadPoolExecutor(workers or 2 * max_concurrency + 2,
                                            thread_name_prefix="ig1-call")
 
@@ -148,6 +153,8 @@ class CallEngine:
     def close(self) -> None:
         """Wait for the work submitted, then free the threads: nothing of the run outlives it."""
         self._workers.shutdown(wait=True)
+        if self.shared_pause is not None:
+            self.shared_pause.close()
 
     @property
     def stopped(self) -> bool:
@@ -199,6 +206,8 @@ class CallEngine:
         with self._slots, global_slot(self.concurrency_limit_name, self.slot_timeout_seconds):
             if self.stopped:
                 raise NotAttempted
+            if self.shared_pause is not None:
+                self.shared_pause.watch(call.credentials.get_client().throttle)
             if self.cap.active:
                 try:
                     self.cap.admit()  # may wait for the run's first answer

@@ -62,6 +62,14 @@ def instant_backoff() -> Iterator[None]:
 
 
 @pytest.fixture
+def real_waits() -> Iterator[None]:
+    """Backoff and throttle as in production, for the tests of waiting itself."""
+    stamina.set_testing(False)
+    yield
+    stamina.set_testing(True, attempts=1000, cap=True)
+
+
+@pytest.fixture
 def credentials(emulator: EmulatorServer) -> IG1Credentials:
     return IG1Credentials(api_key=SecretStr(TEST_KEY), base_url=emulator.base_url)
 

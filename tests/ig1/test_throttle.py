@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-import stamina
 
 from prefect_ig1.blocks import IG1Credentials
 from prefect_ig1.client import Throttle
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.tasks import CallEngine, respond_many
-
-
-@pytest.fixture
-def real_waits() -> Iterator[None]:
-    """Backoff and throttle as in production (the suite turns waits off by default)."""
-    stamina.set_testing(False)
-    yield
-    stamina.set_testing(True, attempts=1000, cap=True)
 
 
 @pytest.mark.usefixtures("real_waits")
@@ -32,6 +22,25 @@ def test_a_429_holds_every_send_then_paces_them() -> None:
     for _ in range(2000):
         throttle.succeeded()
     assert throttle.interval == 0.0  # the limit is gone: full speed again
+
+
+@pytest.mark.usefixtures("real_waits")
+def test_holds_are_announced_and_a_pause_from_elsewhere_holds_without_slowing() -> None:
+    throttle, heard = Throttle(max_pause=5), []
+    throttle.subscribe(heard.append)
+    throttle.subscribe(heard.append)  # once per listener
+    throttle.hold(0.3)
+    throttle.hold(30)  # capped like the hold itself
+    throttle.hold(None)  # a 429 without a wait: nothing to pass on
+    throttle.unsubscribe(heard.append)
+    throttle.hold(0.1)
+    assert heard == [0.3, 5]
+
+    other = Throttle()
+    other.pause(0.2)  # another process's 429: hold until its moment, keep the pace
+    first, second = other.turn(), other.turn()
+    assert 0.15 < first <= 0.2 and second == pytest.approx(first, abs=0.01)
+    assert other.interval == 0.0
 
 
 def test_the_throttle_is_off_in_testing_mode() -> None:

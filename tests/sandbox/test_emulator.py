@@ -356,6 +356,19 @@ def test_429_fault_carries_retry_after(emulator: EmulatorServer, client: httpx.C
     assert (r.headers["retry-after"], r.headers["retry-after-ms"]) == ("2", "1500")
 
 
+def test_a_rate_limit_window_refuses_until_it_ends_and_records_arrivals(
+        emulator: EmulatorServer, client: httpx.Client) -> None:
+    emulator.configure(rate_limit_rps=1, rate_limit_window=30)  # 30 requests a window
+    before = time.time()
+    statuses = [client.post("/responses", json={"model": MODEL, "input": f"q{i}"})
+                for i in range(31)]
+    assert [r.status_code for r in statuses] == [200] * 30 + [429]
+    assert 0 < int(statuses[-1].headers["retry-after-ms"]) <= 30_000  # the window's end
+    stats = emulator.stats
+    assert stats.rate_limited == 1 and len(stats.arrived_at) == 31
+    assert before <= stats.arrived_at[0] and stats.arrived_at == sorted(stats.arrived_at)
+
+
 def test_drop_is_a_transport_error(emulator: EmulatorServer, client: httpx.Client) -> None:
     emulator.fail_next("drop")
     with pytest.raises(httpx.RemoteProtocolError):
