@@ -44,7 +44,7 @@ def one_run(emulator: EmulatorServer, args: argparse.Namespace,
             throttled: bool) -> tuple[float, int, int, int]:
     """(calls/s, 429s, requests, failed calls) of one run."""
     emulator.reset()
-    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window,
+    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window or 0.0,
                        latency=args.latency)
     credentials = IG1Credentials(api_key=SecretStr(KEY), base_url=emulator.base_url)
     client = credentials.get_client()
@@ -85,7 +85,7 @@ def workers_run(emulator: EmulatorServer, args: argparse.Namespace, env: dict[st
                 limit: str, share: bool) -> dict[str, Any]:
     """Combined calls/s, 429s, requests, failed calls, Variable writes/reads of one run."""
     emulator.reset()
-    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window,
+    emulator.configure(rate_limit_rps=args.rate, rate_limit_window=args.window or 0.0,
                        latency=args.latency)
     tag = uuid.uuid4().hex[:8]
     each = args.calls // args.workers

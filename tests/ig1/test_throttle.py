@@ -25,6 +25,26 @@ def test_a_429_holds_every_send_then_paces_them() -> None:
 
 
 @pytest.mark.usefixtures("real_waits")
+@pytest.mark.parametrize("retry_after", [1.0, 5.0, 60.0])
+def test_the_spacing_is_the_rate_the_server_accepted_not_the_wait(
+        retry_after: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's whole-second ``Retry-After: 1`` or a quota's "until the window resets"
+    says when to resume, not how fast: spacing sends by it would crawl for hours."""
+    import prefect_ig1.client._retry as retry
+
+    clock = [1000.0]
+    monkeypatch.setattr(retry.time, "monotonic", lambda: clock[0])
+    throttle = Throttle()
+    for _ in range(40):  # the server accepted 20 requests a second for two seconds
+        clock[0] += 0.05
+        throttle.succeeded()
+    throttle.hold(retry_after)
+    first, second, third = throttle.turn(), throttle.turn(), throttle.turn()
+    assert first == pytest.approx(retry_after)  # every send holds until the moment ...
+    assert second - first == pytest.approx(0.05) == third - second  # ... then 20 a second
+
+
+@pytest.mark.usefixtures("real_waits")
 def test_holds_are_announced_and_a_pause_from_elsewhere_holds_without_slowing() -> None:
     throttle, heard = Throttle(max_pause=5), []
     throttle.subscribe(heard.append)
