@@ -171,6 +171,11 @@ class ResponseCache:
             WritableFileSystem, get_default_result_storage(_sync=True))  # type: ignore[call-arg]
         return cls(storage, expiration=task.cache_expiration)
 
+    @property
+    def is_local(self) -> bool:
+        """Whether entries are files on this machine (a lookup costs microseconds)."""
+        return self._folder is not None
+
     def get(self, key: str, *, text_format: type[BaseModel] | None = None) -> Response | None:
         """The cached response, or None when absent, expired or not ours (one read).
 

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from itertools import islice
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -190,6 +189,14 @@ class CallEngine:
                 return self._send(call, counted)
 
         return self._once(key, pay, on_shared=lambda: self.ledger.hit(call.request.model))
+
+    def cached(self, key: str, call: PreparedCall) -> CallResult | None:
+        """``call``'s answer when the cache already holds it, else None (nothing sent)."""
+        hit = self.cache.get(call.cache_key, text_format=call.text_format)
+        if hit is None:
+            return None
+        self.ledger.hit(call.request.model)
+        return CallResult(key, response=hit, from_cache=True)
 
     def result(self, key: str, call: PreparedCall | BaseException) -> CallResult:
         """``call`` as a ``CallResult``: errors are returned, never raised."""
@@ -402,7 +409,23 @@ def _fan_out(jobs: Iterator[_Job], engine: CallEngine, window_size: int) -> Iter
             if block:
                 return
 
-    while window := list(islice(jobs, window_size)):
+    # A cache in a local folder answers in ~40 us: answered here, such a request costs no
+    # thread, no window task and no queue (a rerun is mostly these). A remote cache is
+    # read by the workers, in parallel.
+    inline = engine.cache.is_local
+    while True:
+        window: list[_Job] = []
+        for job in jobs:
+            hit = engine.cached(job.key, job.call) if inline and isinstance(
+                job.call, PreparedCall) else None
+            if hit is not None:
+                yield hit
+                continue
+            window.append(job)
+            if len(window) == window_size:
+                break
+        if not window:
+            break
         while waiting + len(window) > limit:
             yield from take(block=True)
         waiting += len(window)

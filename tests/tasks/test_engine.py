@@ -42,6 +42,29 @@ def test_many_prompts_are_each_paid_once_and_a_rerun_is_free(
     assert _engine_threads() == []  # the engine it opened is closed
 
 
+def test_answers_in_a_local_cache_come_back_without_a_worker_or_a_window(
+        emulator: EmulatorServer, credentials: IG1Credentials,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun is mostly cache hits: each costs a file read, not a thread hop or a task."""
+    prompts = _prompts(30)
+    list(respond_many(prompts[:20], credentials=credentials, retry_delay_seconds=0))
+    submitted: list[str] = []
+    real_submit = CallEngine.submit
+
+    def submit(self: CallEngine, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(args[1].key)  # (engine, job, results)
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(CallEngine, "submit", submit)
+    with CallEngine(max_concurrency=4, retry_delay_seconds=0) as engine:
+        assert engine.cache.is_local
+        results = list(respond_many(prompts, credentials=credentials, engine=engine))
+    assert sorted(submitted, key=int) == [str(i) for i in range(20, 30)]  # the misses only
+    assert sum(r.from_cache for r in results) == 20 and all(r.ok for r in results)
+    assert emulator.stats.requests == 30
+    assert engine.ledger.rows()[0].cache_hits == 20
+
+
 def test_results_stream_back_before_the_last_request_is_sent(
         emulator: EmulatorServer, credentials: IG1Credentials) -> None:
     emulator.configure(latency=0.05)
