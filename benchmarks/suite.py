@@ -91,7 +91,8 @@ def _prefect_cpu() -> float:
     for child in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
         for pid in child.read_text().split():
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"prefect" in cmdline or b"uvicorn" in cmdline:
+            # Our own services run as ``-m prefect_ig1.sandbox...``: not Prefect's server.
+            if (b"prefect" in cmdline or b"uvicorn" in cmdline) and b"prefect_ig1" not in cmdline:
                 total += cpu_seconds(int(pid))
     return total
 
