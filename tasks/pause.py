@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -200,7 +201,10 @@ class SharedPause:
 
 
 def _moment(variable: Any) -> float:
-    """The ``until`` of a pause Variable; 0 for none or a value that is not one."""
+    """The ``until`` of a pause Variable; 0 for none or a value that is not one (anyone
+    with access may write the Variable: a NaN, an infinity or a bool is not a moment)."""
     value = getattr(variable, "value", None)
     until = value.get("until") if isinstance(value, dict) else None
-    return float(until) if isinstance(until, int | float) else 0.0
+    if isinstance(until, bool) or not isinstance(until, int | float):
+        return 0.0
+    return float(until) if math.isfinite(until) else 0.0

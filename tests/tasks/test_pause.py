@@ -149,3 +149,15 @@ def test_an_unreachable_prefect_api_costs_the_sharing_not_a_call(
     assert len(warnings) == 1 and "ig1-pause-ig1-nowhere" in warnings[0].getMessage()
     assert pause.writes == 0 and pause.until == 0.0
     assert TEST_KEY not in caplog.text
+
+
+@pytest.mark.parametrize("value", [
+    None, "soon", ["x"], {"until": "1e12"}, {"until": True}, {"until": float("nan")},
+    {"until": float("inf")}, {"until": None}])
+def test_a_variable_someone_else_wrote_badly_is_no_moment(value: object) -> None:
+    from types import SimpleNamespace
+
+    from prefect_ig1.tasks.pause import _moment
+
+    assert _moment(SimpleNamespace(value=value)) == 0.0
+    assert _moment(SimpleNamespace(value={"until": 1234.5})) == 1234.5
