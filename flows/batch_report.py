@@ -139,7 +139,6 @@ class ResultSink:
             error=outcome.error, status=outcome.status)
         return line.model_dump_json(exclude=_NOT_IN_BODY)
 
-
     def _table_columns(self, outcome: RowOutcome) -> dict[str, Any]:
         columns: dict[str, Any] = {
             "ig1_status": outcome.status,

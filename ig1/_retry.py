@@ -102,8 +102,8 @@ class Throttle:
     (successes of the last ``WINDOW`` seconds), since a gateway's whole-second
     ``Retry-After: 1`` or a quota's "until the window resets" says when to resume, not how
     fast. Each success shortens the spacing by 0.3 %, so the pace settles at the limit
-    (measured in ``benchmarks.rate_limit``: ~1.0 x R with ~6 % 429s at a per-second limit,
-    0.92 x R with ~5 % at a 5-second quota) and returns to full speed once it is gone.
+    (measured in ``benchmarks.rate_limit``: 1.01-1.05 x R with 5-7 % 429s at a per-second
+    limit, ~1 x R with ~5 % at a 5-second quota) and returns to full speed once it is gone.
     ``stamina.set_testing(True)`` turns the waits off, as it turns off backoff.
 
     Other processes learn of a 429 through ``subscribe`` (each hold is announced) and

@@ -174,9 +174,8 @@ class CallEngine:
         key = call.cache_key
 
         def pay() -> tuple[Response, bool]:
-            hit = self.cache.get(key, text_format=call.text_format)
+            hit = self._hit(call)
             if hit is not None:
-                self.ledger.hit(call.request.model)
                 return hit, True
             try:
                 return self._send(call, counted)
@@ -192,11 +191,15 @@ class CallEngine:
 
     def cached(self, key: str, call: PreparedCall) -> CallResult | None:
         """``call``'s answer when the cache already holds it, else None (nothing sent)."""
+        hit = self._hit(call)
+        return None if hit is None else CallResult(key, response=hit, from_cache=True)
+
+    def _hit(self, call: PreparedCall) -> Response | None:
+        """The cached answer to ``call``, counted as a hit on the run's ledger."""
         hit = self.cache.get(call.cache_key, text_format=call.text_format)
-        if hit is None:
-            return None
-        self.ledger.hit(call.request.model)
-        return CallResult(key, response=hit, from_cache=True)
+        if hit is not None:
+            self.ledger.hit(call.request.model)
+        return hit
 
     def result(self, key: str, call: PreparedCall | BaseException) -> CallResult:
         """``call`` as a ``CallResult``: errors are returned, never raised."""
