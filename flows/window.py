@@ -4,8 +4,8 @@ A task per image costs more CPU in Prefect than the call itself (measured in
 ``benchmarks/``), so a window of ~50 images is one task whose items run on the
 run's call engine (``prefect_ig1.tasks.engine``: cache, bound, single flight, global
 limit, stop on 401/402). This module holds only the image job: read, prepare, ask,
-record; image preparation runs in a small pool beside the calls, and downloads wait
-until their bytes fit a budget.
+record; at most ``PREPARERS`` images are prepared at once, and downloads wait until
+their bytes fit a budget.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
@@ -59,9 +58,13 @@ logger = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 1024 * 1024
 """A record is a few KB: a larger object under a record's key is not one of ours."""
 PREPARERS = 2
+"""Images decoded at once per run: Pillow releases the GIL while decoding, so two cores
+stay busy, and a run never holds more than two decoded images."""
 DOWNLOAD_BUDGET_BYTES = 200 * 1024 * 1024
 """Bytes of images downloaded and not yet prepared, at most, per run and process."""
 _S3_FAILURES = (BotoCoreError, ClientError)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class ByteBudget:
@@ -87,10 +90,10 @@ class ByteBudget:
 
 
 class ImagePreparation:
-    """The run's image preparers and download budget; opened and closed by the flow."""
+    """The run's image preparation bound and download budget; opened and closed by the flow."""
 
     def __init__(self) -> None:
-        self.preparers = ThreadPoolExecutor(PREPARERS, thread_name_prefix="ig1-prepare")
+        self._preparing = threading.BoundedSemaphore(PREPARERS)
         self.downloads = ByteBudget(DOWNLOAD_BUDGET_BYTES)
         self.thumbnails: set[str] = set()
         """Contents whose thumbnail this run found or wrote: a duplicate costs no HEAD."""
@@ -100,7 +103,15 @@ class ImagePreparation:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        self.preparers.shutdown(wait=True)
+        pass
+
+    def run(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work`` on the calling thread, once one of the ``PREPARERS`` places is free.
+
+        Not a pool: handing each image to another thread and back cost more CPU than
+        preparing a small image (two thread switches under the GIL, per image)."""
+        with self._preparing:
+            return work(*args, **kwargs)
 
 
 @task(name="describe-window", cache_policy=NO_CACHE, persist_result=False,
@@ -211,10 +222,10 @@ class _ItemWork:
             data, _ = read_bytes(self.s3, self.settings.bucket, candidate.key,
                                  max_bytes=self.settings.max_object_bytes)
             base["sha256"] = hashlib.sha256(data).hexdigest()
-            return self.images.preparers.submit(
+            return self.images.run(
                 prepare_image, data, max_image_side=self.settings.max_image_side,
                 max_object_bytes=self.settings.max_object_bytes,
-                max_image_pixels=self.settings.max_image_pixels).result()
+                max_image_pixels=self.settings.max_image_pixels)
 
     def _store_thumbnail(self, sha256: str, prepared: PreparedImage) -> bool:
         """The gallery's thumbnail, once per content: a HEAD first, so an image seen before
@@ -225,7 +236,7 @@ class _ItemWork:
         bucket, key = self.settings.bucket, thumbnail_key(self.settings.output_prefix, sha256)
         try:
             if not object_exists(self.s3, bucket, key):
-                data = self.images.preparers.submit(thumbnail_jpeg, prepared).result()
+                data = self.images.run(thumbnail_jpeg, prepared)
                 write_bytes(self.s3, bucket, key, data, "image/jpeg")
         except (*_S3_FAILURES, OSError, ValueError) as exc:
             logger.warning("No gallery thumbnail for s3://%s/%s (%s)", bucket, key,

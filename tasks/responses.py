@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 from prefect import get_run_logger, task
@@ -134,8 +135,10 @@ class PreparedCall:
     prices: Prices | None = None
     """The profile's token prices, for the run's ledger (never part of the cache key)."""
 
-    @property
+    @cached_property
     def cache_key(self) -> str:
+        """Computed once: the engine, the cache and the log ask for it up to five times a
+        call, and each time would re-read the whole request (the image's base64 included)."""
         return response_cache_key(self.request, base_url=self.credentials.base_url,
                                   text_format=self.text_format)
 
