@@ -1,0 +1,45 @@
+"""The image job's own machinery, without servers: how many images are prepared at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from prefect_ig1.flows.window import PREPARERS, ImagePreparation
+
+
+def test_images_are_prepared_on_the_calling_thread_at_most_preparers_at_once() -> None:
+    """No hand-off to a pool (a thread switch each way per image), and still never more
+    than ``PREPARERS`` decodes at once, however many calls are in flight."""
+    lock, running, peak, threads = threading.Lock(), 0, 0, []
+
+    def prepare(caller: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        threads.append((caller, threading.get_ident()))
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return caller
+
+    with ImagePreparation() as images, ThreadPoolExecutor(8) as calls:
+        results = list(calls.map(lambda _: images.run(prepare, threading.get_ident()),
+                                 range(16)))
+    assert peak == PREPARERS
+    assert len(results) == 16 and all(caller == ran_on for caller, ran_on in threads)
+
+
+def test_a_failed_preparation_frees_its_place() -> None:
+    def broken() -> None:
+        raise MemoryError
+
+    with ImagePreparation() as images:
+        for _ in range(PREPARERS + 1):
+            with pytest.raises(MemoryError):
+                images.run(broken)
+        assert images.run(lambda: "next") == "next"
