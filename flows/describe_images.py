@@ -45,7 +45,7 @@ from prefect_ig1.tasks.images import (
 from prefect_ig1.tasks.ledger import SpendCapReached
 
 from .account import MAX_CONCURRENCY, concurrency_from, read_usage, run_identity
-from .freshness import candidates, entry_for, windows
+from .freshness import PlanStep, candidates, compact, entry_for, expand, windows
 from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
 from .progress import RunProgress, run_from_command_line
@@ -148,8 +148,9 @@ def describe_s3_images(
     with RunProgress("Describing images") as progress:
         listed = _listing(candidates(s3, bucket, output_prefix, prefix, report), progress,
                           report)
-        plan = list(windows(listed, index, window_size, random.Random(run_id), settings.digest))
-        to_send = sum(len(step) for step in plan if isinstance(step, list))
+        plan = [compact(step) for step in windows(listed, index, window_size,
+                                                  random.Random(run_id), settings.digest)]
+        to_send = sum(len(step) for step in plan if isinstance(step, tuple))
         per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
         if forecast_run(report, to_send, per_item, profile.prices, usage, dry_run=dry_run,
                         allow_over_budget=allow_over_budget):
@@ -252,11 +253,12 @@ def _stop_error(stop: BaseException, report: RunReport) -> IG1Error:
 
 def _describe_all(settings: DescribeSettings, engine: CallEngine, images: ImagePreparation,
                   window_size: int, manifest: Any,
-                  plan: list[list[Candidate] | ItemResult]) -> Iterator[ItemResult]:
+                  plan: list[PlanStep]) -> Iterator[ItemResult]:
     """Submit windows with a bounded number in flight; stream results to the manifest."""
     in_flight_windows = max(2, math.ceil(2 * engine.max_concurrency / window_size) + 1)
     pending: list[PrefectFuture[list[ItemResult]]] = []
-    for window in plan:
+    for step in plan:
+        window = expand(step)
         if isinstance(window, ItemResult):
             yield window
             continue

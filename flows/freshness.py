@@ -20,8 +20,8 @@ from .record_index import IndexEntry
 from .records import Candidate, ImageRecord, ItemResult, ItemStatus
 from .reporting import RunReport
 
-__all__ = ["SHUFFLE_BLOCK", "candidates", "entry_for", "is_settled", "needs_description",
-           "windows"]
+__all__ = ["SHUFFLE_BLOCK", "PlanStep", "candidates", "compact", "entry_for", "expand",
+           "is_settled", "needs_description", "windows"]
 
 SHUFFLE_BLOCK = 1000  # one S3 listing page
 
@@ -108,3 +108,25 @@ def windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size:
             yield from windows_of(block)
             block = []
     yield from windows_of(block)
+
+
+PlanStep = tuple[tuple[str, str, int, str | None], ...] | str
+"""One step of a run's plan as it is held until its turn: a window as (key, etag, size,
+record_etag) tuples, or the key of an image the index proves current. The plan is whole
+before the first call (the forecast counts it): at 100,000 images, models would hold
+~640 bytes a candidate (measured with tracemalloc), these tuples ~220."""
+
+
+def compact(step: list[Candidate] | ItemResult) -> PlanStep:
+    """``windows``' step as the plan keeps it."""
+    if isinstance(step, ItemResult):
+        return step.key
+    return tuple((c.key, c.etag, c.size, c.record_etag) for c in step)
+
+
+def expand(step: PlanStep) -> list[Candidate] | ItemResult:
+    """The step back as ``windows`` made it, when its turn comes."""
+    if isinstance(step, str):
+        return ItemResult(key=step, status=ItemStatus.unchanged)
+    return [Candidate(key=key, etag=etag, size=size, record_etag=record_etag)
+            for key, etag, size, record_etag in step]
