@@ -283,7 +283,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small N, for a smoke run")
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--large", action="store_true",
-                        help="also N=100 000 images in the scale scenario (once; ~1 h here)")
+                        help="also N=100 000 images in the scale scenario (once; ~35 min in all)")
     parser.add_argument("--largest-scale-runs", type=int, default=1,
                         help="runs at the largest N (10 000: ~3 min each; 3 take the suite "
                         "past 15 min)")
