@@ -163,7 +163,8 @@ def describe_s3_images(
                          retry_delay_seconds=retry_delay_seconds, max_tokens=max_tokens,
                          max_spend=max_spend, prices=profile.prices) as engine):
             manifest = Path(workdir) / "manifest.jsonl"
-            with ImagePreparation() as images, manifest.open("w", encoding="utf-8") as lines:
+            images = ImagePreparation()
+            with manifest.open("w", encoding="utf-8") as lines:
                 for result in _describe_all(settings, engine, images, window_size, lines, plan):
                     report.count(result)
                     if result.status is not ItemStatus.unchanged:

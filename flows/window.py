@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -90,20 +89,13 @@ class ByteBudget:
 
 
 class ImagePreparation:
-    """The run's image preparation bound and download budget; opened and closed by the flow."""
+    """The run's image preparation bound and download budget, shared by its windows."""
 
     def __init__(self) -> None:
         self._preparing = threading.BoundedSemaphore(PREPARERS)
         self.downloads = ByteBudget(DOWNLOAD_BUDGET_BYTES)
         self.thumbnails: set[str] = set()
         """Contents whose thumbnail this run found or wrote: a duplicate costs no HEAD."""
-
-    def __enter__(self) -> ImagePreparation:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        pass
 
     def run(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``work`` on the calling thread, once one of the ``PREPARERS`` places is free.

@@ -27,7 +27,8 @@ def test_images_are_prepared_on_the_calling_thread_at_most_preparers_at_once() -
             running -= 1
         return caller
 
-    with ImagePreparation() as images, ThreadPoolExecutor(8) as calls:
+    images = ImagePreparation()
+    with ThreadPoolExecutor(8) as calls:
         results = list(calls.map(lambda _: images.run(prepare, threading.get_ident()),
                                  range(16)))
     assert peak == PREPARERS
@@ -38,8 +39,8 @@ def test_a_failed_preparation_frees_its_place() -> None:
     def broken() -> None:
         raise MemoryError
 
-    with ImagePreparation() as images:
-        for _ in range(PREPARERS + 1):
-            with pytest.raises(MemoryError):
-                images.run(broken)
-        assert images.run(lambda: "next") == "next"
+    images = ImagePreparation()
+    for _ in range(PREPARERS + 1):
+        with pytest.raises(MemoryError):
+            images.run(broken)
+    assert images.run(lambda: "next") == "next"
