@@ -15,6 +15,7 @@ import math
 import random
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +50,7 @@ from .freshness import PlanStep, candidates, compact, entry_for, expand, windows
 from .gallery import publish_gallery, write_gallery
 from .markdown import escape_markdown, publishable_markdown
 from .progress import RunProgress, run_from_command_line
-from .record_index import IndexEntry, load_index, save_index
+from .record_index import load_index, save_index
 from .records import DEFAULT_OUTPUT_PREFIX, Candidate, DescribeSettings, ItemResult, ItemStatus
 from .reporting import RunReport, publish_artifacts
 from .spend import (
@@ -60,7 +61,7 @@ from .spend import (
     tokens_per_item_of_last_run,
 )
 from .summary import DEFAULT_SUMMARY_PROMPT, MIN_CHUNK_CHARS, summarize_run
-from .window import ImagePreparation, describe_window
+from .window import ImagePreparation, WindowResults, describe_window
 
 __all__ = ["DEFAULT_PROMPT", "describe_s3_images", "main"]
 
@@ -148,15 +149,15 @@ def describe_s3_images(
     with RunProgress("Describing images") as progress:
         listed = _listing(candidates(s3, bucket, output_prefix, prefix, report), progress,
                           report)
-        plan = [compact(step) for step in windows(listed, index, window_size,
-                                                  random.Random(run_id), settings.digest)]
+        plan = deque(compact(step) for step in windows(listed, index, window_size,
+                                                       random.Random(run_id), settings.digest))
         to_send = sum(len(step) for step in plan if isinstance(step, tuple))
         per_item = tokens_per_item_of_last_run(s3, bucket, output_prefix) if to_send else None
         if forecast_run(report, to_send, per_item, profile.prices, usage, dry_run=dry_run,
                         allow_over_budget=allow_over_budget):
             return report
         progress.start(to_send)
-        learnt: dict[str, IndexEntry] = {}
+        learnt = 0
         with (tempfile.TemporaryDirectory(prefix="ig1-run-") as workdir,
               CallEngine(max_concurrency=concurrency, concurrency_limit_name=concurrency_limit_name,
                          slot_timeout_seconds=slot_timeout_seconds,
@@ -173,9 +174,10 @@ def describe_s3_images(
                                       requests=int(result.status is ItemStatus.described))
                     entry = entry_for(result, settings.digest)
                     if entry is not None and index.get(result.key) != entry:
-                        learnt[result.key] = entry
+                        index[result.key] = entry
+                        learnt += 1
             if learnt:
-                save_index(s3, bucket, output_prefix, {**index, **learnt})
+                save_index(s3, bucket, output_prefix, index)
             report.timings["describe_s"] = round(time.monotonic() - started, 3)
             report.requests = engine.requests_sent
             summary_started = time.monotonic()
@@ -254,12 +256,15 @@ def _stop_error(stop: BaseException, report: RunReport) -> IG1Error:
 
 def _describe_all(settings: DescribeSettings, engine: CallEngine, images: ImagePreparation,
                   window_size: int, manifest: Any,
-                  plan: list[PlanStep]) -> Iterator[ItemResult]:
-    """Submit windows with a bounded number in flight; stream results to the manifest."""
+                  plan: deque[PlanStep]) -> Iterator[ItemResult]:
+    """Submit windows with a bounded number in flight; stream results to the manifest.
+
+    Steps leave ``plan`` as they are taken: at 100,000 images, the plan still ahead and
+    the index the run has learnt then share the memory instead of adding up."""
     in_flight_windows = max(2, math.ceil(2 * engine.max_concurrency / window_size) + 1)
-    pending: list[PrefectFuture[list[ItemResult]]] = []
-    for step in plan:
-        window = expand(step)
+    pending: list[PrefectFuture[WindowResults]] = []
+    while plan:
+        window = expand(plan.popleft())
         if isinstance(window, ItemResult):
             yield window
             continue
@@ -276,8 +281,8 @@ def _describe_all(settings: DescribeSettings, engine: CallEngine, images: ImageP
         yield from _drain(future, manifest)
 
 
-def _drain(future: PrefectFuture[list[ItemResult]], manifest: Any) -> Iterator[ItemResult]:
-    for result in future.result():
+def _drain(future: PrefectFuture[WindowResults], manifest: Any) -> Iterator[ItemResult]:
+    for result in future.result().items:
         if result.status is not ItemStatus.unchanged:
             manifest.write(result.model_dump_json(exclude_none=True) + "\n")
         yield result

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from .records import (
     is_run_stopping,
 )
 
-__all__ = ["ImagePreparation", "answer_problem", "describe_window"]
+__all__ = ["ImagePreparation", "RecentSet", "WindowResults", "answer_problem", "describe_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ PREPARERS = 2
 stay busy, and a run never holds more than two decoded images."""
 DOWNLOAD_BUDGET_BYTES = 200 * 1024 * 1024
 """Bytes of images downloaded and not yet prepared, at most, per run and process."""
+THUMBNAILS_REMEMBERED = 10_000
+"""Contents whose thumbnail a run remembers having (~160 bytes each): duplicates seldom lie
+further apart, and a forgotten one costs a HEAD, not a second thumbnail."""
 _S3_FAILURES = (BotoCoreError, ClientError)
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -88,14 +92,36 @@ class ByteBudget:
                 self._changed.notify_all()
 
 
+class RecentSet:
+    """The last ``size`` members added, oldest forgotten first: a set in bounded memory."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._members: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, member: str) -> None:
+        with self._lock:
+            self._members[member] = None
+            self._members.move_to_end(member)
+            if len(self._members) > self.size:
+                self._members.popitem(last=False)
+
+
 class ImagePreparation:
     """The run's image preparation bound and download budget, shared by its windows."""
 
     def __init__(self) -> None:
         self._preparing = threading.BoundedSemaphore(PREPARERS)
         self.downloads = ByteBudget(DOWNLOAD_BUDGET_BYTES)
-        self.thumbnails: set[str] = set()
-        """Contents whose thumbnail this run found or wrote: a duplicate costs no HEAD."""
+        self.thumbnails = RecentSet(THUMBNAILS_REMEMBERED)
+        """Contents whose thumbnail this run found or wrote lately: a duplicate costs no HEAD."""
 
     def run(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``work`` on the calling thread, once one of the ``PREPARERS`` places is free.
@@ -106,15 +132,24 @@ class ImagePreparation:
             return work(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class WindowResults:
+    """A window's results, as one object: Prefect remembers every element of a list a task
+    returns until its flow run ends (~150 bytes an image, measured with tracemalloc), but
+    only the fields of an object."""
+
+    items: tuple[ItemResult, ...]
+
+
 @task(name="describe-window", cache_policy=NO_CACHE, persist_result=False,
       task_run_name="describe-window-{first_key}")
 def describe_window(candidates: list[Candidate], settings: DescribeSettings,
                     engine: CallEngine, images: ImagePreparation,
-                    first_key: str = "") -> list[ItemResult]:
+                    first_key: str = "") -> WindowResults:
     """Describe each candidate (one IG1 call each at most) and write its record."""
     item = _ItemWork(settings, engine, images, s3_client(settings.aws_credentials))
     futures = [engine.submit(item.run, candidate) for candidate in candidates]
-    return [future.result() for future in futures]
+    return WindowResults(tuple(future.result() for future in futures))
 
 
 @dataclass

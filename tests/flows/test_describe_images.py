@@ -34,7 +34,9 @@ from prefect_ig1.client import (
 )
 from prefect_ig1.flows import describe_s3_images
 from prefect_ig1.flows.describe_images import DEFAULT_PROMPT
+from prefect_ig1.flows.records import ItemResult
 from prefect_ig1.flows.storage import BucketNotFound
+from prefect_ig1.flows.window import WindowResults
 from prefect_ig1.sandbox.emulator import EmulatorServer
 from prefect_ig1.sandbox.local_s3 import LocalS3
 from prefect_ig1.sandbox.sample_images import broken_images, large_jpeg, sample_images
@@ -207,6 +209,32 @@ def test_new_and_changed_images_only(env: EmulatorServer, local_s3: LocalS3,
     assert describe_calls(env) == 2
     assert read_record(local_s3, bucket, f"in/{GOOD[0][0]}")["sha256"] == __import__(
         "hashlib").sha256(GOOD[5][1]).hexdigest()
+
+
+def test_the_flow_run_does_not_hold_a_result_per_image(env: EmulatorServer, local_s3: LocalS3,
+                                                       bucket: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect remembers what each task returned until the flow run ends: a window's
+    results come back as one object, so that memory grows per window, not per image."""
+    import prefect.utilities.engine as engine_utilities
+    from prefect.context import FlowRunContext
+
+    remembered: list[int] = []  # entries each describe-window task run added
+    link = engine_utilities.link_state_to_result
+
+    def counting_link(state: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        context = FlowRunContext.get()
+        before = len(context.run_results) if context else 0
+        link(state, result, *args, **kwargs)
+        if context is not None and (isinstance(result, WindowResults) or (
+                isinstance(result, list) and isinstance(result[0], ItemResult))):
+            remembered.append(len(context.run_results) - before)
+
+    monkeypatch.setattr(engine_utilities, "link_state_to_result", counting_link)
+    put(local_s3, bucket, distinct_pngs(24))
+    report = describe(bucket, prefix="in/", max_concurrency=4, window_size=4)
+    assert report.counts == {"described": 24}
+    assert len(remembered) == 6 and max(remembered) <= 2  # the object and its one field
 
 
 def test_duplicate_image_under_two_keys_is_one_call(env: EmulatorServer, local_s3: LocalS3,

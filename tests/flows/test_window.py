@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from prefect_ig1.flows.window import PREPARERS, ImagePreparation
+from prefect_ig1.flows.window import PREPARERS, ImagePreparation, RecentSet
 
 
 def test_images_are_prepared_on_the_calling_thread_at_most_preparers_at_once() -> None:
@@ -44,3 +44,17 @@ def test_a_failed_preparation_frees_its_place() -> None:
         with pytest.raises(MemoryError):
             images.run(broken)
     assert images.run(lambda: "next") == "next"
+
+
+def test_the_run_remembers_recent_thumbnails_in_bounded_memory() -> None:
+    """A digest seen lately is known (no HEAD); past ``size`` others, the oldest is
+    forgotten, and one seen again counts as recent."""
+    recent = RecentSet(3)
+    for digest in ("a", "b", "c"):
+        recent.add(digest)
+    recent.add("a")  # seen again: now the most recent
+    recent.add("d")
+    assert "b" not in recent and all(d in recent for d in "acd") and len(recent) == 3
+    recent.add("e")
+    assert "c" not in recent and all(d in recent for d in "ade")
+    assert isinstance(ImagePreparation().thumbnails, RecentSet)
