@@ -63,8 +63,8 @@ stay busy, and a run never holds more than two decoded images."""
 DOWNLOAD_BUDGET_BYTES = 200 * 1024 * 1024
 """Bytes of images downloaded and not yet prepared, at most, per run and process."""
 THUMBNAILS_REMEMBERED = 10_000
-"""Contents whose thumbnail a run remembers having (~160 bytes each): duplicates seldom lie
-further apart, and a forgotten one costs a HEAD, not a second thumbnail."""
+"""Contents whose thumbnail a run remembers having (~180 bytes each, tracemalloc): duplicates
+seldom lie further apart, and a forgotten one costs a HEAD, not a second thumbnail."""
 _S3_FAILURES = (BotoCoreError, ClientError)
 P = ParamSpec("P")
 T = TypeVar("T")

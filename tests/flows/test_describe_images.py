@@ -11,6 +11,7 @@ import sys
 import uuid
 from typing import Any
 
+import prefect.utilities.engine as engine_utilities
 import pytest
 from PIL import Image
 from prefect import flow
@@ -22,6 +23,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.context import FlowRunContext
 from pydantic import SecretStr
 
 from prefect_ig1.blocks import IG1Credentials
@@ -216,9 +218,6 @@ def test_the_flow_run_does_not_hold_a_result_per_image(env: EmulatorServer, loca
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Prefect remembers what each task returned until the flow run ends: a window's
     results come back as one object, so that memory grows per window, not per image."""
-    import prefect.utilities.engine as engine_utilities
-    from prefect.context import FlowRunContext
-
     remembered: list[int] = []  # entries each describe-window task run added
     link = engine_utilities.link_state_to_result
 
