@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.settings import PREFECT_API_URL
 
 from prefect_ig1.flows import describe_s3_images
@@ -64,6 +65,15 @@ def test_two_runs_at_once_write_one_valid_record_per_image_and_pay_once(
     env.configure(latency=0.5)  # 24 images at 4 in flight: ~3 s
     flow = describe_s3_images.with_options(flow_run_name="nightly") if same_name else (
         describe_s3_images)
+    # Each run, once Running, waits for the other before its body: the overlap is by
+    # construction. Without it, a busy SQLite server once delayed the second run's creation
+    # by ~6 s of client retries (503, then 2 s and 4 s), past the first run's end.
+    both_running = threading.Barrier(2, timeout=120)
+
+    def wait_for_the_other_run(flow: Any, flow_run: FlowRun, state: State) -> None:
+        both_running.wait()
+
+    flow = flow.with_options(on_running=[wait_for_the_other_run])
 
     def run() -> Any:
         return flow(bucket, prompt=prompt, max_concurrency=4, return_state=True)
@@ -71,6 +81,7 @@ def test_two_runs_at_once_write_one_valid_record_per_image_and_pay_once(
     states = _together(run, run)
 
     reports = [state.result() for state in states]  # neither failed
+    assert not both_running.broken  # neither run gave up waiting for the other
     assert _overlap_seconds(states) > 1.0  # measured: 4.3-4.7 s of ~5 s
     for report in reports:
         assert sum(report.counts.values()) == IMAGES and not report.counts.get("failed")
