@@ -183,10 +183,10 @@ class ResponsesEndpoint:
                 events = dress_events(events, dialect, ids.number)
             frames = [frame(event) for event in events]
             frames += [DONE_FRAME] if settings.done_marker else []
-            return _faults.sse_response(frames, lambda: self.state.pause(settings.latency),
+            return _faults.sse_response(frames, lambda: self.state.delay(settings),
                                         None if dialect.failed_code else success)
-        if settings.latency:
-            await self.state.pause(settings.latency)
+        if settings.latency or settings.hold_until_in_flight is not None:
+            await self.state.delay(settings)
         shape = settings.shape
         if shape == "auto":
             shape = "image" if parsed.images else "text"

@@ -20,6 +20,8 @@ from ._faults import FAULT_KINDS
 Shape = Literal["auto", "text", "image"]
 SHAPES: tuple[str, ...] = ("auto", "text", "image")
 RECEIVED_LIMIT = 1000
+HOLD_LIMIT = 60.0
+"""Seconds a reply waits at most for `hold_until_in_flight`."""
 TRANSIENT_MIX: dict[str, float] = {
     "429": 1.0, "500": 1.0, "502": 1.0, "503": 1.0, "drop": 1.0, "malformed": 1.0}
 """The default `fault_mix`: every transient fault a gateway sends, equally often."""
@@ -35,6 +37,10 @@ class EmulatorSettings:
     """Seconds slept before each /v1/responses reply (before the first SSE event)."""
     max_in_flight: int | None = None
     """Concurrent /v1/responses above this get an immediate 429."""
+    hold_until_in_flight: int | None = None
+    """Replies wait (at most `HOLD_LIMIT` seconds, then go on) until this many /v1/responses
+    have been in flight at once: two clients capped at 4 each overlap for sure at 5, however
+    late one of them starts."""
     retry_after: float = 0.0
     """Seconds advertised on 429s (Retry-After rounded up, retry-after-ms exact)."""
     rate_limit_rps: float | None = None
@@ -140,7 +146,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("fault_seed must be an integer")
         return value
-    if name in ("max_in_flight", "budget_requests", "revoke_key_after"):
+    if name in ("max_in_flight", "hold_until_in_flight", "budget_requests", "revoke_key_after"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -282,6 +288,16 @@ class EmulatorState:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / rate
+
+    async def delay(self, settings: EmulatorSettings) -> bool:
+        """What a reply waits before it starts: the hold, then the latency; as `pause`."""
+        wanted = settings.hold_until_in_flight
+        deadline = time.monotonic() + HOLD_LIMIT
+        while wanted is not None and self.stats.max_in_flight_seen < wanted:
+            if self.stopping.is_set() or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        return await self.pause(settings.latency)
 
     async def pause(self, seconds: float) -> bool:
         """Sleep, but wake early when the server stops; True if the full time passed."""

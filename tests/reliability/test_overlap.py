@@ -120,7 +120,9 @@ def test_two_processes_at_once_pay_for_few_images_twice(
     the later one mostly finds answers in the cache: well under two runs' cost."""
     images = distinct_pngs(48)
     put(local_s3, bucket, images)
-    env.configure(latency=0.3)  # 48 images at 4 in flight: ~4 s of calls per run
+    # 48 images at 4 in flight: ~4 s of calls per run. Replies wait until a fifth call is
+    # in flight, so the runs overlap however late one process gets going.
+    env.configure(latency=0.3, hold_until_in_flight=5)
     command = [sys.executable, "-m", "prefect_ig1.flows.describe_images", "--bucket", bucket,
                "--prefix", "in/", "--max-concurrency", "4"]
     process_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}

@@ -433,6 +433,32 @@ def test_in_flight_cap_answers_429_immediately(emulator: EmulatorServer) -> None
     assert stats.by_status[429] == 4
 
 
+def test_hold_keeps_replies_until_enough_requests_are_in_flight(emulator: EmulatorServer) -> None:
+    """What the overlap tests stand on: a client alone is held; a second one releases both."""
+    emulator.configure(hold_until_in_flight=2)
+    headers = {"Authorization": f"Bearer {emulator.api_key}"}
+
+    def post(stream: bool) -> httpx.Response:
+        return httpx.post(f"{emulator.base_url}/responses", headers=headers, timeout=10,
+                          json={"model": MODEL, "input": "x", "stream": stream})
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, True)
+        deadline = time.monotonic() + 5
+        while emulator.stats.in_flight < 1:
+            assert time.monotonic() < deadline, "the first request never arrived"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert not first.done()  # held: it is alone
+        second = pool.submit(post, False)
+        replies = [first.result(timeout=10), second.result(timeout=10)]
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert "response.completed" in replies[0].text
+    assert emulator.stats.max_in_flight_seen == 2
+    with pytest.raises(ValueError, match="hold_until_in_flight"):
+        emulator.configure(hold_until_in_flight=-1)
+
+
 def test_budget_gives_402_after_n_successes(emulator: EmulatorServer, client: httpx.Client) -> None:
     emulator.settings.budget_requests = 2
     statuses = [
