@@ -312,7 +312,9 @@ def test_transient_faults_still_describe_every_image(env: EmulatorServer, local_
 def test_concurrency_bound_is_respected(env: EmulatorServer, local_s3: LocalS3,
                                        bucket: str) -> None:
     put(local_s3, bucket, GOOD + [(f"more{i}.png", GOOD[i][1][:-1] + b"\0") for i in (0, 3)])
-    env.configure(latency=0.1)
+    # Replies wait until 3 calls are in flight, so the bound is reached however slow the
+    # machine; a fourth would show.
+    env.configure(latency=0.1, hold_until_in_flight=3)
     describe(bucket, prefix="in/", max_concurrency=3, summary_chunk_chars=100_000)
     assert env.stats.max_in_flight_seen == 3
 
