@@ -10,7 +10,7 @@ goes back into the index.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,7 +36,7 @@ def needs_description(existing: ImageRecord | None, etag: str, settings: str) ->
     return existing.error.retryable or existing.settings != settings
 
 
-def is_settled(candidate: Candidate, index: dict[str, IndexEntry], settings: str) -> bool:
+def is_settled(candidate: Candidate, index: Mapping[str, IndexEntry], settings: str) -> bool:
     """True when the index proves this image's record current: no need to read it."""
     entry = index.get(candidate.key)
     return (entry is not None and entry.settled and entry.source_etag == candidate.etag
@@ -82,7 +82,7 @@ def _record_etags(s3: Any, bucket: str, records_prefix: str) -> dict[str, str]:
             if obj.key.endswith(".json")}
 
 
-def windows(candidates: Iterator[Candidate], index: dict[str, IndexEntry], size: int,
+def windows(candidates: Iterator[Candidate], index: Mapping[str, IndexEntry], size: int,
             order: random.Random, digest: str) -> Iterator[list[Candidate] | ItemResult]:
     """Windows of candidates to describe; images the index proves current come out alone.
 
