@@ -51,7 +51,7 @@ class RecordIndex(MutableMapping[str, IndexEntry]):
     """The index as a run holds it, entries packed: ~280 bytes an entry (with its slot in
     the dict) become ~100 (tracemalloc, 100,000 entries).
 
-    At 100,000 images the entries are most of what a run keeps until its end (tracemalloc).
+    At 100,000 images the entries are most of what a run keeps until its end.
     An entry whose two ETags are MD5 hex digests (S3's, for an object put in one part) and
     that holds for any settings is kept as 33 bytes: both digests and the settled flag.
     Any other entry is kept as it is; every entry reads back exactly as it was set.
