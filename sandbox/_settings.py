@@ -39,8 +39,8 @@ class EmulatorSettings:
     """Concurrent /v1/responses above this get an immediate 429."""
     hold_until_in_flight: int | None = None
     """Replies wait (at most `HOLD_LIMIT` seconds, then go on) until this many /v1/responses
-    have been in flight at once: two clients capped at 4 each overlap for sure at 5, however
-    late one of them starts."""
+    have been in flight at once, or until the setting is cleared: two clients capped at 4
+    each overlap for sure at 5, however late one of them starts."""
     retry_after: float = 0.0
     """Seconds advertised on 429s (Retry-After rounded up, retry-after-ms exact)."""
     rate_limit_rps: float | None = None
@@ -290,10 +290,13 @@ class EmulatorState:
         return (1.0 - self._tokens) / rate
 
     async def delay(self, settings: EmulatorSettings) -> bool:
-        """What a reply waits before it starts: the hold, then the latency; as `pause`."""
-        wanted = settings.hold_until_in_flight
+        """What a reply waits before it starts: the hold, then the latency; as `pause`.
+
+        The hold reads the live setting, so clearing it lets held replies go: a gate a test
+        opens when it is ready."""
         deadline = time.monotonic() + HOLD_LIMIT
-        while wanted is not None and self.stats.max_in_flight_seen < wanted:
+        while (wanted := self.settings.hold_until_in_flight) is not None and (
+                self.stats.max_in_flight_seen < wanted):
             if self.stopping.is_set() or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)

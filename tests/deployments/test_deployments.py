@@ -112,7 +112,9 @@ def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
     client.create_bucket(Bucket=watched)
     for name, data in sample_images()[:4]:
         client.put_object(Bucket=watched, Key=f"incoming/{name}", Body=data)
-    emulator.configure(latency=1.0)  # keeps the first run busy while the second is due
+    # The first run's calls are held until the second run has been decided: the overlap
+    # is by construction, not by the first run's pace.
+    emulator.configure(hold_until_in_flight=1_000)
     env = {**os.environ, **local_s3.env(), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
            "IG1AI_API_KEY": TEST_KEY, "IG1AI_BASE_URL": emulator.base_url,
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
@@ -135,11 +137,16 @@ def test_serve_runs_deployments_prevents_overlap_and_stops_on_sigterm(
             time.sleep(0.5)
         assert nightly.schedules
         first = run_deployment(f"{FLOW}/describe-images-nightly", timeout=0)
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while emulator.stats.in_flight == 0:  # the first run is in its body, calling IG1
+            assert time.monotonic() < deadline, "the first run never called IG1"
+            time.sleep(0.2)
         second = run_deployment(f"{FLOW}/describe-images-nightly", timeout=0)
-        runs = [_wait_final(first.id), _wait_final(second.id)]
-        assert runs[0].state is not None and runs[0].state.is_completed()
-        assert runs[1].state is not None and runs[1].state.is_cancelled()
+        cancelled = _wait_final(second.id)
+        emulator.configure(hold_until_in_flight=None)  # the first run's calls go on
+        completed = _wait_final(first.id)
+        assert completed.state is not None and completed.state.is_completed()
+        assert cancelled.state is not None and cancelled.state.is_cancelled()
         described = client.list_objects_v2(Bucket=watched, Prefix="descriptions/incoming/")
         assert described["KeyCount"] == 4
     finally:

@@ -458,6 +458,14 @@ def test_hold_keeps_replies_until_enough_requests_are_in_flight(emulator: Emulat
     with pytest.raises(ValueError, match="hold_until_in_flight"):
         emulator.configure(hold_until_in_flight=-1)
 
+    emulator.configure(hold_until_in_flight=1_000)  # a gate: held until the setting clears
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(post, False)
+        time.sleep(0.5)
+        assert not held.done()
+        emulator.configure(hold_until_in_flight=None)
+        assert held.result(timeout=5).status_code == 200
+
 
 def test_budget_gives_402_after_n_successes(emulator: EmulatorServer, client: httpx.Client) -> None:
     emulator.settings.budget_requests = 2
